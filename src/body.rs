@@ -1,0 +1,34 @@
+//! The one body type that flows through switchyard, in both directions.
+//!
+//! Request bodies from clients, response bodies from upstreams, buffered (held) writes and
+//! switchyard's own small messages all become a [`Body`]: a boxed `http_body::Body` of
+//! `Bytes`. Boxing costs one allocation per message and lets every path share one upstream
+//! connection type.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
+
+/// The error type bodies and services carry across layers.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A boxed body of bytes.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A body holding the given bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Boxes any body whose error converts into [`BoxError`].
+pub fn boxed<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
