@@ -8,4 +8,5 @@ pub mod encoding;
 pub mod grpc;
 pub mod method;
 pub mod proto;
+pub mod standin;
 pub mod upstream;

@@ -1,0 +1,214 @@
+//! `milvus-standin`: one Milvus 2.6 cluster with CDC, on one machine, for tests, demos and
+//! switchover drills. It is a test tool shipped with switchyard, never a replacement for
+//! Milvus CDC (see `shared/spec/milvus-standin.md`).
+//!
+//! A stand-in speaks the Milvus gRPC protocol on `--listen`, keeps the CDC role state a
+//! Milvus 2.6 cluster keeps (primary or secondary, replicate configuration, checkpoints), and
+//! stores and searches data in a real Milvus-protocol server behind it (`--backend`,
+//! usually milvus-lite). Reads and other calls pass through to the backend unchanged; client
+//! writes are refused on a secondary with Milvus's errors, and on a primary applied, logged
+//! with a hybrid time tick and replicated to the targets of the configuration over
+//! `CreateReplicateStream`, as Milvus CDC does.
+//!
+//! # Layout
+//! - [`mod@self`]: [`Options`] and [`run`]: bind, print the ports, serve until a signal.
+//! - `server`: the HTTP/2 (h2c) listener, a task per connection, `/fault/down` and `/up`.
+//! - `service`: per request: the CDC control calls, health and version, writes, pass-through.
+//! - `writes`: client writes: rejected on a secondary, applied and logged on a primary.
+//! - `core`: the shared state (role, configuration, log, checkpoints) and its locks.
+//! - `config`: roles and targets of a replicate configuration; its JSON form.
+//! - `validate`: `UpdateReplicateConfiguration` validation with Milvus's texts.
+//! - `switchover`: configuration changes, fences, promotion, force promote, replicate info.
+//! - `replicator`: one task per target sending the log over `CreateReplicateStream`.
+//! - `receiver`: the target side of `CreateReplicateStream`: apply, checkpoint, confirm.
+//! - `log`: log entries, time ticks, the `log.bin` file; `persist`: `state.json`.
+//! - `faults`: injected faults and request counters; `control`: the HTTP control port.
+//! - `wire`: protobuf wire-level edits and gRPC response builders.
+//!
+//! # Known limits
+//! - Requests are replayed on targets, not WAL entries: collections with `auto_id` get
+//!   different primary keys on the target than on the source.
+//! - A new target gets this cluster's whole log from the start; a target added when this
+//!   cluster is promoted gets only what was written after the promotion.
+//! - Checkpoints move after the backend applied a message; a crash between the two replays
+//!   that one message (as Milvus may).
+//! - Writes that are not one uncompressed gRPC message are applied but not replicated.
+
+mod config;
+mod control;
+mod core;
+mod faults;
+mod log;
+mod persist;
+mod receiver;
+mod replicator;
+mod server;
+mod service;
+mod switchover;
+mod validate;
+mod wire;
+mod writes;
+
+use std::future::Future;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::upstream::{TlsSettings, Upstream, UpstreamSettings};
+
+/// How to start a stand-in (the CLI flags of `milvus-standin`).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The cluster id (Milvus's `clusterPrefix`); pchannels are `<id>-rootcoord-dml_<i>`.
+    pub cluster_id: String,
+    /// The gRPC address; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// The backend's uri (`http://host:port`).
+    pub backend: String,
+    /// The number of pchannels.
+    pub pchannels: usize,
+    /// The control HTTP address, if any.
+    pub control: Option<SocketAddr>,
+    /// Each replicated message is sent no sooner than this after it was written.
+    pub replication_delay: Duration,
+    /// Where state is kept across restarts; in memory when `None`.
+    pub state_dir: Option<PathBuf>,
+    /// Credentials for the stand-in's own calls to its backend (replicated writes).
+    pub token: Option<String>,
+}
+
+/// Why a stand-in could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StandinError {
+    /// A flag is unusable.
+    #[error("{0}")]
+    Usage(String),
+    /// An address could not be bound.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The state directory could not be read or written.
+    #[error("state dir: {0}")]
+    State(String),
+}
+
+/// Runs a stand-in until SIGINT or SIGTERM.
+pub async fn run(opts: Options) -> Result<(), StandinError> {
+    run_until(opts, shutdown_signal()).await
+}
+
+/// Runs a stand-in until `shutdown` completes. Prints one line to stdout once both
+/// listeners are bound: `milvus-standin <id> listening on <addr> control on <addr|->`.
+pub async fn run_until(opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), StandinError> {
+    if opts.pchannels == 0 {
+        return Err(StandinError::Usage("--pchannels must be at least 1".into()));
+    }
+    if opts.cluster_id.is_empty() || opts.cluster_id.contains(char::is_whitespace) {
+        return Err(StandinError::Usage("--cluster-id must be non-empty and without whitespace".into()));
+    }
+    let backend = Upstream::new(&opts.backend, TlsSettings::default(), UpstreamSettings::default())
+        .map_err(|e| StandinError::Usage(format!("--backend: {e}")))?;
+    let store = match &opts.state_dir {
+        Some(dir) => Some(persist::Store::open(dir).map_err(|e| StandinError::State(format!("{}: {e}", dir.display())))?),
+        None => None,
+    };
+    let core = core::Core::new(core::CoreParts {
+        id: opts.cluster_id.clone(),
+        pchannels: opts.pchannels,
+        backend,
+        backend_token: opts.token.clone().filter(|t| !t.is_empty()),
+        faults: faults::Faults::new(opts.replication_delay),
+        store,
+    })
+    .map_err(StandinError::State)?;
+
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr).await.map_err(|source| StandinError::Bind { addr, source })
+    };
+    let grpc = bind(opts.listen).await?;
+    let grpc_addr = grpc.local_addr().map_err(|source| StandinError::Bind { addr: opts.listen, source })?;
+    let listener_state = server::spawn(core.clone(), grpc, grpc_addr);
+    let control_addr = match opts.control {
+        Some(addr) => {
+            let l = bind(addr).await?;
+            let local = l.local_addr().map_err(|source| StandinError::Bind { addr, source })?;
+            let app = control::router(core.clone(), listener_state, grpc_addr.to_string());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).await {
+                    tracing::error!(error = %e, "control port stopped");
+                }
+            });
+            local.to_string()
+        }
+        None => "-".to_string(),
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "milvus-standin {} listening on {grpc_addr} control on {control_addr}", opts.cluster_id);
+        let _ = out.flush();
+    }
+    tracing::info!(cluster_id = %opts.cluster_id, role = core.role().label(), backend = %opts.backend, "milvus-standin started");
+    replicator::reconcile(&core);
+    shutdown.await;
+    tracing::info!("milvus-standin stopping");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Parses a duration written like `0ms`, `250ms`, `2s`, `1m` (a bare number is milliseconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?} (use e.g. 0ms, 500ms, 2s, 1m)"))?;
+    match unit {
+        "" | "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("invalid duration unit in {s:?} (use ms, s or m)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0ms"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_millis(15)));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("3h").is_err());
+    }
+}

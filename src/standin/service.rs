@@ -1,0 +1,98 @@
+//! One gRPC request: decide who answers it.
+//!
+//! Every request first waits out a freeze, then (except replication streams) the injected
+//! latency. The stand-in answers the CDC control calls itself (`UpdateReplicateConfiguration`,
+//! `GetReplicateConfiguration`, `GetReplicateInfo`, `CreateReplicateStream`) and
+//! `CheckHealth` and `GetVersion`; writes (by the method table; unknown paths count as
+//! writes) go to [`super::writes`]; everything else is passed to the backend as it is —
+//! path, metadata and body — and its answer streamed back as it is.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::core::Core;
+use super::{receiver, switchover, wire, writes};
+use crate::body::{self, Body};
+use crate::grpc::client::parse_grpc_timeout;
+use crate::grpc::{Code, decode_message};
+use crate::method::{self, Kind};
+use crate::proto::common::Status;
+use crate::proto::milvus::{
+    CheckHealthResponse, GetReplicateInfoRequest, GetVersionResponse, UpdateReplicateConfigurationRequest,
+};
+
+/// The version `GetVersion` reports.
+pub(crate) fn version() -> String {
+    format!("milvus-standin-{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Answers one request.
+pub(crate) async fn serve(core: Arc<Core>, req: Request<Incoming>) -> Response<Body> {
+    core.faults.wait_thawed().await;
+    let method = method::lookup(req.uri().path());
+    let name = method.map(|m| m.name).unwrap_or("");
+    if name != "CreateReplicateStream" {
+        let ms = core.faults.get().latency_ms;
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+    }
+    if let Some(m) = method {
+        core.counters.count_kind(m.kind);
+    }
+    match name {
+        "CreateReplicateStream" => receiver::create_replicate_stream(core, req),
+        "UpdateReplicateConfiguration" => {
+            let deadline = req.headers().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
+            match read::<UpdateReplicateConfigurationRequest>(req).await {
+                Ok(r) => wire::unary_msg(&switchover::update_configuration(&core, r, deadline).await),
+                Err(resp) => resp,
+            }
+        }
+        "GetReplicateConfiguration" => wire::unary_msg(&switchover::get_configuration(&core)),
+        "GetReplicateInfo" => match read::<GetReplicateInfoRequest>(req).await {
+            Ok(r) => match switchover::get_info(&core, &r) {
+                Ok(resp) => wire::unary_msg(&resp),
+                Err(st) => st.to_response(),
+            },
+            Err(resp) => resp,
+        },
+        "CheckHealth" => {
+            let unhealthy = core.faults.get().unhealthy;
+            wire::unary_msg(&CheckHealthResponse {
+                status: Some(Status::default()),
+                is_healthy: !unhealthy,
+                reasons: if unhealthy { vec!["milvus-standin: unhealthy (injected fault)".into()] } else { Vec::new() },
+            })
+        }
+        "GetVersion" => wire::unary_msg(&GetVersionResponse { status: Some(Status::default()), version: version() }),
+        _ => match method.map(|m| m.kind) {
+            None | Some(Kind::Write(_)) => writes::handle(&core, method, req).await,
+            Some(_) => pass(&core, req).await,
+        },
+    }
+}
+
+/// Reads and decodes a unary request message; an error response when it cannot.
+async fn read<M: prost::Message + Default>(req: Request<Incoming>) -> Result<M, Response<Body>> {
+    let bytes = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| wire::grpc_error(Code::Cancelled, format!("milvus-standin: reading the request: {e}")))?
+        .to_bytes();
+    decode_message::<M>(&bytes, 64 << 20).map_err(|e| wire::grpc_error(Code::InvalidArgument, e.to_string()))
+}
+
+/// Passes a request to the backend and streams its answer back.
+async fn pass(core: &Core, req: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    match core.backend.send(Request::from_parts(parts, body::boxed(body))).await {
+        Ok(resp) => resp.map(body::boxed),
+        Err(e) => wire::grpc_error(Code::Unavailable, format!("milvus-standin: backend: {e}")),
+    }
+}
