@@ -3,6 +3,7 @@
 //! Thin: parses the flags and runs [`switchyard::standin::run`]. Logs go to stderr
 //! (`RUST_LOG`, default `info`); stdout gets one line once the ports are bound.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,7 +47,11 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
     let opts = Options {
         cluster_id: cli.cluster_id,
         listen: cli.listen,

@@ -129,11 +129,13 @@ fn take_as_primary(st: &mut State, cfg: &ReplicateConfiguration) -> std::io::Res
     let stays_primary = role_of(Some(cfg), &me) == Role::Primary;
     // The fence tells the targets (old and new) about the configuration; with none, skip it.
     let last_fence = if stays_primary || !old_targets.is_empty() { st.append_fences(cfg)? } else { 0 };
+    // Only a cluster that was the centre of a configuration is "demoted"; a standalone
+    // cluster (no configuration) that joins as a secondary is not, so it cannot roll back.
+    st.demoted = !stays_primary && st.config.is_some();
     st.config = Some(cfg.clone());
     st.pending = None;
     st.fence = None;
     st.heard_from_source = false;
-    st.demoted = !stays_primary;
     let kept: Vec<String> = match st.role() {
         Role::Primary => targets(cfg, &me).iter().map(|t| t.cluster_id.clone()).collect(),
         Role::Secondary { .. } => Vec::new(),
