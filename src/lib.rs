@@ -3,9 +3,18 @@
 //! (The architecture overview is written as the modules land; see README.md.)
 #![warn(missing_docs)]
 
+pub mod app;
 pub mod body;
+pub mod config;
 pub mod encoding;
+pub mod error;
 pub mod grpc;
 pub mod method;
 pub mod proto;
+pub mod proxy;
+pub mod routing;
+pub mod shutdown;
+pub mod telemetry;
+pub mod tls;
+pub mod topology;
 pub mod upstream;

@@ -1,0 +1,130 @@
+//! A cluster as the data path sees it: its identity, its connection pool and its counters.
+//!
+//! A [`Cluster`] lives as long as it is configured; routing snapshots hold `Arc`s to it, so
+//! counters and connections survive every snapshot swap.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::config::ClusterConfig;
+use crate::grpc::Code;
+use crate::upstream::{TlsSettings, Upstream, UpstreamError, UpstreamSettings};
+
+/// Request classes used as metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KindLabel {
+    /// DML, DDL, DCL and unknown methods.
+    Write = 0,
+    /// Data and metadata reads.
+    Read = 1,
+    /// Control and streaming calls.
+    Control = 2,
+}
+
+impl KindLabel {
+    /// All labels, in index order.
+    pub const ALL: [KindLabel; 3] = [KindLabel::Write, KindLabel::Read, KindLabel::Control];
+
+    /// The label text.
+    pub fn as_str(self) -> &'static str {
+        ["write", "read", "control"][self as usize]
+    }
+}
+
+/// Latency histogram bucket bounds, in seconds.
+pub const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Lock-free request counters and latency histograms, by kind and gRPC code.
+#[derive(Debug, Default)]
+pub struct RequestStats {
+    /// Requests in flight.
+    pub in_flight: AtomicUsize,
+    counts: [[AtomicU64; 17]; 3],
+    buckets: [[AtomicU64; BUCKETS.len() + 1]; 3],
+    sum_micros: [AtomicU64; 3],
+}
+
+impl RequestStats {
+    /// Records one finished request.
+    pub fn record(&self, kind: KindLabel, code: Code, elapsed: Duration) {
+        let k = kind as usize;
+        self.counts[k][code as usize].fetch_add(1, Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64();
+        let b = BUCKETS.iter().position(|&le| secs <= le).unwrap_or(BUCKETS.len());
+        self.buckets[k][b].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros[k].fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Requests of a kind that finished with a code.
+    pub fn count(&self, kind: KindLabel, code: Code) -> u64 {
+        self.counts[kind as usize][code as usize].load(Ordering::Relaxed)
+    }
+
+    /// Requests of a kind, any code.
+    pub fn total(&self, kind: KindLabel) -> u64 {
+        self.counts[kind as usize].iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Per-bucket (non-cumulative) counts, the `+Inf` bucket last, and the sum in seconds.
+    pub fn histogram(&self, kind: KindLabel) -> (Vec<u64>, f64) {
+        let k = kind as usize;
+        let b = self.buckets[k].iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        (b, self.sum_micros[k].load(Ordering::Relaxed) as f64 / 1e6)
+    }
+}
+
+/// One configured Milvus cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Its id (the Milvus cluster id).
+    pub id: Arc<str>,
+    /// Its configuration.
+    pub config: ClusterConfig,
+    /// Its connection pool.
+    pub upstream: Arc<Upstream>,
+    /// Its request counters.
+    pub stats: RequestStats,
+}
+
+impl Cluster {
+    /// Builds a cluster and its (lazy) connection pool.
+    pub fn new(config: ClusterConfig) -> Result<Arc<Self>, UpstreamError> {
+        let tls = TlsSettings { ca_file: config.tls_ca.clone(), server_name: config.tls_server_name.clone() };
+        let upstream = Upstream::new(&config.uri, tls, UpstreamSettings::default())?;
+        Ok(Arc::new(Self { id: Arc::from(config.id.as_str()), config, upstream, stats: RequestStats::default() }))
+    }
+
+    /// Requests now in flight to this cluster.
+    pub fn in_flight(&self) -> usize {
+        self.stats.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The control-call token, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.config.token.as_ref().map(|t| t.expose())
+    }
+}
+
+/// Counts a request in flight until dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<Cluster>);
+
+impl InFlight {
+    /// Starts counting.
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        cluster.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(cluster)
+    }
+
+    /// The cluster counted.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
