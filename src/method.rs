@@ -9,7 +9,9 @@
 //! the router, so it can only ever reach the primary.
 //!
 //! The classes follow `../shared/reference/milvus-protocol.md` §1. `tests/python/test_conformance.py`
-//! fails if pymilvus's descriptors name a method this table lacks, or disagree on the reply shape.
+//! (which reads this table through `examples/method_table.rs`) fails if pymilvus's descriptors
+//! name a method this table lacks or disagree on the reply shape or streaming, if a name of
+//! milvus-proto master is missing, or if a row's class differs from the test's own list.
 
 /// What a call does, as far as routing is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
