@@ -56,7 +56,14 @@ impl App {
             .map(|c| Cluster::new(c.clone()).map_err(|e| AppError::Setup(format!("cluster {}: {e}", c.id))))
             .collect::<Result<_, _>>()?;
         let topology = Topology::from_config(&config);
-        let table = RoutingTable::build(&topology, ProxyState::Running, None, &clusters, Arc::new(config.routing.clone()), |_| true);
+        let table = RoutingTable::build(
+            &topology,
+            ProxyState::Running,
+            None,
+            &clusters,
+            Arc::new(config.routing.clone()),
+            |_| true,
+        );
         let routing: SharedRouting = Arc::new(ArcSwap::from_pointee(table));
         let proxy = Proxy::new(routing.clone(), config.listener.max_message_size);
 

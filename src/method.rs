@@ -97,10 +97,7 @@ pub fn lookup(path: &str) -> Option<&'static Method> {
 
 /// Finds a method by its bare RPC name.
 pub fn by_name(name: &str) -> Option<&'static Method> {
-    METHODS
-        .binary_search_by(|m| m.name.cmp(name))
-        .ok()
-        .map(|i| &METHODS[i])
+    METHODS.binary_search_by(|m| m.name.cmp(name)).ok().map(|i| &METHODS[i])
 }
 
 /// Every method, sorted by name.
@@ -281,12 +278,7 @@ mod tests {
     #[test]
     fn table_is_sorted_and_unique() {
         for pair in METHODS.windows(2) {
-            assert!(
-                pair[0].name < pair[1].name,
-                "{} !< {}",
-                pair[0].name,
-                pair[1].name
-            );
+            assert!(pair[0].name < pair[1].name, "{} !< {}", pair[0].name, pair[1].name);
         }
     }
 
@@ -302,10 +294,7 @@ mod tests {
         let search = lookup("/milvus.proto.milvus.MilvusService/Search").map(|m| m.kind);
         assert_eq!(search, Some(Kind::Read(ReadClass::Data)));
         assert_eq!(lookup("/milvus.proto.milvus.MilvusService/NoSuch"), None);
-        assert_eq!(
-            lookup("/milvus.proto.milvus.ProxyService/RegisterLink"),
-            None
-        );
+        assert_eq!(lookup("/milvus.proto.milvus.ProxyService/RegisterLink"), None);
         assert_eq!(lookup("/Search"), None);
     }
 

@@ -49,7 +49,9 @@ impl Topology {
 
     /// Whether a cluster may serve reads by its role (standby, not fenced, not being rebuilt).
     pub fn is_serving_standby(&self, id: &str) -> bool {
-        self.standbys.iter().any(|s| s == id) && !self.fenced.iter().any(|s| s == id) && !self.rebuild.iter().any(|s| s == id)
+        self.standbys.iter().any(|s| s == id)
+            && !self.fenced.iter().any(|s| s == id)
+            && !self.rebuild.iter().any(|s| s == id)
     }
 
     /// Every cluster id named anywhere.

@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-
 /// A secret string that never prints.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Redacted(String);
@@ -241,7 +240,8 @@ impl Config {
     /// Parses and validates config text. Relative paths are kept as written.
     pub fn from_toml(text: &str, _base: &Path) -> Result<Config, ConfigError> {
         let expanded = expand_env(text)?;
-        let raw: raw::RawConfig = toml::from_str(&expanded).map_err(|e| ConfigError::one(format!("invalid TOML: {e}")))?;
+        let raw: raw::RawConfig =
+            toml::from_str(&expanded).map_err(|e| ConfigError::one(format!("invalid TOML: {e}")))?;
         validate::validate(raw)
     }
 

@@ -8,7 +8,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if t == "0" {
         return Ok(Duration::ZERO);
     }
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').ok_or_else(|| format!("{s:?} has no unit (use ms, s, m or h)"))?;
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(|| format!("{s:?} has no unit (use ms, s, m or h)"))?;
     let (num, unit) = t.split_at(split);
     let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration"))?;
     let secs = match unit.trim() {

@@ -79,7 +79,11 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     };
     if let Some(t) = &tls {
-        for (k, p) in [("listener.tls_cert", Some(&t.cert)), ("listener.tls_key", Some(&t.key)), ("listener.client_ca", t.client_ca.as_ref())] {
+        for (k, p) in [
+            ("listener.tls_cert", Some(&t.cert)),
+            ("listener.tls_key", Some(&t.key)),
+            ("listener.client_ca", t.client_ca.as_ref()),
+        ] {
             if let Some(p) = p {
                 if !p.exists() {
                     c.problems.push(format!("{k}: {} does not exist", p.display()));
@@ -105,7 +109,9 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let admin = AdminConfig { address: admin_address, token: admin_token };
 
     let state = match raw.state.backend.as_deref().unwrap_or("file") {
-        "file" => StateConfig::File { path: PathBuf::from(raw.state.path.as_deref().unwrap_or("data/switchyard-state.json")) },
+        "file" => {
+            StateConfig::File { path: PathBuf::from(raw.state.path.as_deref().unwrap_or("data/switchyard-state.json")) }
+        }
         "etcd" => {
             let endpoints = raw.state.endpoints.clone().unwrap_or_default();
             if endpoints.is_empty() {
@@ -133,7 +139,9 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     };
     match r.unknown_methods.as_deref() {
         None | Some("primary") => {}
-        Some(o) => c.problems.push(format!("routing.unknown_methods: {o:?}: only \"primary\" is supported (an unknown method may write)")),
+        Some(o) => c.problems.push(format!(
+            "routing.unknown_methods: {o:?}: only \"primary\" is supported (an unknown method may write)"
+        )),
     }
     let routing = RoutingConfig {
         reads,
@@ -315,7 +323,15 @@ pchannels = 3
 "#;
         let e = Config::from_toml(bad, Path::new(".")).unwrap_err();
         let all = e.problems.join("\n");
-        for needle in ["listener.address", "routing.reads", "routing.max_read_lag", "clusters[0].uri", "used twice", "exactly one cluster", "equal counts"] {
+        for needle in [
+            "listener.address",
+            "routing.reads",
+            "routing.max_read_lag",
+            "clusters[0].uri",
+            "used twice",
+            "exactly one cluster",
+            "equal counts",
+        ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
     }
@@ -328,7 +344,11 @@ pchannels = 3
 
     #[test]
     fn secrets_never_print() {
-        let c = Config::from_toml(&GOOD.replace("pchannels = 2\nrole", "token = \"root:Milvus\"\npchannels = 2\nrole"), Path::new(".")).unwrap();
+        let c = Config::from_toml(
+            &GOOD.replace("pchannels = 2\nrole", "token = \"root:Milvus\"\npchannels = 2\nrole"),
+            Path::new("."),
+        )
+        .unwrap();
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("Milvus\""), "{dbg}");
         assert_eq!(c.clusters[0].token.as_ref().map(|t| t.expose()), Some("root:Milvus"));

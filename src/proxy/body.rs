@@ -154,7 +154,9 @@ impl RequestBody {
                         self.scan.feed(data)?;
                         self.buffered_len += data.len();
                         if self.buffered_len > max {
-                            return Err(ProxyError::GateFull(format!("body over the {max} bytes left in max_held_bytes")));
+                            return Err(ProxyError::GateFull(format!(
+                                "body over the {max} bytes left in max_held_bytes"
+                            )));
                         }
                     }
                     self.buffered.push_back(frame);

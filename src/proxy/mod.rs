@@ -156,7 +156,9 @@ impl Proxy {
         loop {
             let Some(cluster) = policy::pick_read(table, target, &tried) else {
                 return Err(match tried.last() {
-                    Some(c) => ProxyError::NotSent { cluster: c.id.to_string(), detail: "no other cluster to try".into() },
+                    Some(c) => {
+                        ProxyError::NotSent { cluster: c.id.to_string(), detail: "no other cluster to try".into() }
+                    }
                     None => ProxyError::NoReadTarget { reason: "no primary and no serving standby".into() },
                 });
             };
@@ -249,11 +251,14 @@ fn label(kind: Kind) -> KindLabel {
 /// An HTTP answer for requests that are not gRPC at all.
 fn not_grpc(req: &Request<Incoming>) -> Option<Response<Body>> {
     let ct = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let is_grpc = ct == "application/grpc" || ct.starts_with("application/grpc+") || ct.starts_with("application/grpc;");
+    let is_grpc =
+        ct == "application/grpc" || ct.starts_with("application/grpc+") || ct.starts_with("application/grpc;");
     let problem = if !is_grpc {
         Some((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("switchyard: not a gRPC request (content-type {ct:?}); this endpoint speaks gRPC (application/grpc) over HTTP/2\n"),
+            format!(
+                "switchyard: not a gRPC request (content-type {ct:?}); this endpoint speaks gRPC (application/grpc) over HTTP/2\n"
+            ),
         ))
     } else if req.method() != http::Method::POST {
         Some((StatusCode::METHOD_NOT_ALLOWED, format!("switchyard: gRPC calls use POST, not {}\n", req.method())))

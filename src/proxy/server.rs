@@ -89,11 +89,13 @@ pub async fn serve(
             async move {
                 let result = match tls {
                     None => serve_conn(stream, conn, proxy, &settings, shutdown).await,
-                    Some(acceptor) => match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => serve_conn(tls_stream, conn, proxy, &settings, shutdown).await,
-                        Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
-                        Err(_) => Err("TLS handshake timed out".into()),
-                    },
+                    Some(acceptor) => {
+                        match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls_stream)) => serve_conn(tls_stream, conn, proxy, &settings, shutdown).await,
+                            Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+                            Err(_) => Err("TLS handshake timed out".into()),
+                        }
+                    }
                 };
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
@@ -121,7 +123,12 @@ where
         Ok(Ok(Preface::Http2(prefix))) => prefix,
         Ok(Ok(Preface::Other(first))) => {
             let text = "switchyard: this endpoint speaks gRPC over HTTP/2 (prior knowledge or TLS with ALPN h2); HTTP/1.x and other protocols are not supported\n";
-            if first.starts_with(b"GET ") || first.starts_with(b"POST ") || first.starts_with(b"PUT ") || first.starts_with(b"HEAD ") || first.windows(5).any(|w| w == b"HTTP/") {
+            if first.starts_with(b"GET ")
+                || first.starts_with(b"POST ")
+                || first.starts_with(b"PUT ")
+                || first.starts_with(b"HEAD ")
+                || first.windows(5).any(|w| w == b"HTTP/")
+            {
                 let resp = format!(
                     "HTTP/1.1 505 HTTP Version Not Supported\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
                     text.len()
@@ -210,7 +217,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {

@@ -82,7 +82,13 @@ mod tests {
         .unwrap()
         .routing;
         let cs = vec![cluster("a", 1), cluster("b", 2), cluster("c", 3)];
-        let topo = Topology { epoch: 1, primary: Some("a".into()), standbys: vec!["b".into(), "c".into()], fenced: vec![], rebuild: vec![] };
+        let topo = Topology {
+            epoch: 1,
+            primary: Some("a".into()),
+            standbys: vec!["b".into(), "c".into()],
+            fenced: vec![],
+            rebuild: vec![],
+        };
         RoutingTable::build(&topo, ProxyState::Running, None, &cs, Arc::new(policy), |_| true)
     }
 
