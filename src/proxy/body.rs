@@ -143,8 +143,11 @@ impl RequestBody {
         Ok(ReadAhead { first_message })
     }
 
-    /// Reads the whole body into memory (a held write), up to `max` bytes.
+    /// Reads the whole body into memory (a held write), up to `max` bytes in total.
     pub async fn buffer_all(&mut self, max: usize) -> Result<(), ProxyError> {
+        if self.buffered_len > max {
+            return Err(ProxyError::GateFull(format!("body over the {max} bytes left in max_held_bytes")));
+        }
         while let Some(rest) = self.rest.as_mut() {
             match rest.frame().await {
                 None => self.rest = None,
@@ -164,6 +167,40 @@ impl RequestBody {
             }
         }
         Ok(())
+    }
+
+    /// Reads ahead until the body ends or more than `limit` bytes are in memory; returns
+    /// whether the whole body is now in memory.
+    pub async fn buffer_up_to(&mut self, limit: usize) -> Result<bool, ProxyError> {
+        while self.buffered_len <= limit {
+            let Some(rest) = self.rest.as_mut() else { break };
+            match rest.frame().await {
+                None => self.rest = None,
+                Some(Err(e)) => return Err(ProxyError::BadBody(e.to_string())),
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        self.scan.feed(data)?;
+                        self.buffered_len += data.len();
+                    }
+                    self.buffered.push_back(frame);
+                }
+            }
+        }
+        Ok(self.rest.is_none())
+    }
+
+    /// The first message, when it is entirely in the read-ahead buffer.
+    pub fn first_message(&self) -> Option<Bytes> {
+        let mut acc = BytesMut::new();
+        for d in self.buffered.iter().filter_map(|f| f.data_ref()) {
+            acc.extend_from_slice(d);
+            if let Some((0, len)) = crate::grpc::frame::declared_len(&acc) {
+                if acc.len() >= HEADER_LEN + len {
+                    return Some(acc.freeze().slice(HEADER_LEN..HEADER_LEN + len));
+                }
+            }
+        }
+        None
     }
 
     /// Whether the whole body is in memory.

@@ -1,6 +1,7 @@
 //! Response bodies on their way back to the client: streamed as they come, with the call's
 //! outcome (gRPC code, duration) recorded when the trailers pass or the stream is dropped.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -48,17 +49,27 @@ impl Drop for Outcome {
     }
 }
 
-/// The upstream's response body, passed through frame by frame.
+/// The upstream's response body, passed through frame by frame, after any frames that
+/// were read ahead.
 #[derive(Debug)]
 pub struct ResponseBody {
-    inner: Incoming,
+    front: VecDeque<Frame<Bytes>>,
+    inner: Option<Incoming>,
     outcome: Outcome,
 }
 
 impl ResponseBody {
     /// Wraps an upstream body.
     pub fn new(inner: Incoming, outcome: Outcome) -> Self {
-        Self { inner, outcome }
+        Self { front: VecDeque::new(), inner: Some(inner), outcome }
+    }
+
+    /// A body that replays `front`, then streams `rest` if any.
+    pub fn replay(front: VecDeque<Frame<Bytes>>, rest: Option<Incoming>, mut outcome: Outcome) -> Self {
+        if let Some(code) = front.iter().filter_map(|f| f.trailers_ref()).find_map(GrpcStatus::from_headers) {
+            outcome.set_code(code.code);
+        }
+        Self { front, inner: rest, outcome }
     }
 }
 
@@ -68,7 +79,17 @@ impl http_body::Body for ResponseBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        if let Some(f) = this.front.pop_front() {
+            if this.front.is_empty() && this.inner.is_none() {
+                this.outcome.finish(Code::Ok);
+            }
+            return Poll::Ready(Some(Ok(f)));
+        }
+        let Some(inner) = this.inner.as_mut() else {
+            this.outcome.finish(Code::Ok);
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
                 this.outcome.finish(Code::Ok);
@@ -90,10 +111,13 @@ impl http_body::Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.front.is_empty() && self.inner.as_ref().is_none_or(|i| i.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match (&self.inner, self.front.is_empty()) {
+            (Some(i), true) => i.size_hint(),
+            _ => SizeHint::default(),
+        }
     }
 }

@@ -82,7 +82,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let id = next_id.fetch_add(1, Ordering::Relaxed);
-        let conn = Arc::new(ConnInfo { id, peer: Some(peer) });
+        let conn = Arc::new(ConnInfo { id, peer: Some(peer), ..Default::default() });
         let span = tracing::debug_span!("conn", conn.id = id, client.addr = %peer);
         let (proxy, settings, tls, shutdown) = (proxy.clone(), settings.clone(), tls.clone(), shutdown.clone());
         tracker.spawn(

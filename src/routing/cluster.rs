@@ -85,6 +85,62 @@ pub struct Cluster {
     pub upstream: Arc<Upstream>,
     /// Its request counters.
     pub stats: RequestStats,
+    /// What switchyard saw of writes this cluster acknowledged, and failures on real traffic.
+    pub signals: Signals,
+}
+
+/// Facts the data path learns as calls pass, for the monitor.
+#[derive(Debug, Default)]
+pub struct Signals {
+    /// Hybrid timestamp of the newest acknowledged write (from `MutationResult.timestamp`).
+    pub last_write_tick: AtomicU64,
+    /// When that write was seen, in microseconds since `origin()`.
+    pub last_write_at_us: AtomicU64,
+    /// Consecutive transport failures on real traffic.
+    pub passive_failures: std::sync::atomic::AtomicU32,
+    /// Wakes the health task early (passive ejection).
+    pub kick: tokio::sync::Notify,
+    /// Newest source timestamp this standby has applied (0: unknown), from the monitor.
+    pub checkpoint: AtomicU64,
+}
+
+/// A process-wide monotonic origin for timestamps kept in atomics.
+pub fn origin() -> std::time::Instant {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(std::time::Instant::now)
+}
+
+impl Signals {
+    /// Records an acknowledged write with the primary's timestamp.
+    pub fn write_acked(&self, tick: u64) {
+        if tick == 0 {
+            return;
+        }
+        self.last_write_tick.fetch_max(tick, Ordering::Relaxed);
+        self.last_write_at_us.store(origin().elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.passive_failures.store(0, Ordering::Relaxed);
+    }
+
+    /// The newest acknowledged write and how long ago it was seen.
+    pub fn last_write(&self) -> Option<(u64, Duration)> {
+        let tick = self.last_write_tick.load(Ordering::Relaxed);
+        (tick != 0).then(|| {
+            let at = Duration::from_micros(self.last_write_at_us.load(Ordering::Relaxed));
+            (tick, origin().elapsed().saturating_sub(at))
+        })
+    }
+
+    /// Counts a transport failure; returns the consecutive count.
+    pub fn transport_failed(&self) -> u32 {
+        self.passive_failures.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Clears the failure count after a success.
+    pub fn transport_ok(&self) {
+        if self.passive_failures.load(Ordering::Relaxed) != 0 {
+            self.passive_failures.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Cluster {
@@ -92,7 +148,13 @@ impl Cluster {
     pub fn new(config: ClusterConfig) -> Result<Arc<Self>, UpstreamError> {
         let tls = TlsSettings { ca_file: config.tls_ca.clone(), server_name: config.tls_server_name.clone() };
         let upstream = Upstream::new(&config.uri, tls, UpstreamSettings::default())?;
-        Ok(Arc::new(Self { id: Arc::from(config.id.as_str()), config, upstream, stats: RequestStats::default() }))
+        Ok(Arc::new(Self {
+            id: Arc::from(config.id.as_str()),
+            config,
+            upstream,
+            stats: RequestStats::default(),
+            signals: Signals::default(),
+        }))
     }
 
     /// Requests now in flight to this cluster.

@@ -26,8 +26,18 @@ pub fn read_target(kind: Kind, level: Option<ConsistencyLevel>, cfg: &RoutingCon
 /// Picks a cluster for a read. `skip` lists clusters already tried (never sent).
 /// Returns `None` only when no cluster at all can serve.
 pub fn pick_read(table: &RoutingTable, target: ReadTarget, skip: &[Arc<Cluster>]) -> Option<Arc<Cluster>> {
-    let skipped = |c: &Arc<Cluster>| skip.iter().any(|s| Arc::ptr_eq(s, c));
-    let primary = table.primary.as_ref().filter(|p| !skipped(p));
+    pick_read_where(table, target, skip, |_| true)
+}
+
+/// Like [`pick_read`], with standbys further limited by `ok` (read-your-writes).
+pub fn pick_read_where(
+    table: &RoutingTable,
+    target: ReadTarget,
+    skip: &[Arc<Cluster>],
+    ok: impl Fn(&Cluster) -> bool,
+) -> Option<Arc<Cluster>> {
+    let skipped = |c: &Arc<Cluster>| skip.iter().any(|s| Arc::ptr_eq(s, c)) || !ok(c);
+    let primary = table.primary.as_ref().filter(|p| !skip.iter().any(|s| Arc::ptr_eq(s, p)));
     match target {
         ReadTarget::Primary => primary.cloned().or_else(|| p2c(table.readable.iter().filter(|c| !skipped(c)))),
         ReadTarget::Standbys => p2c(table.readable.iter().filter(|c| !skipped(c))).or_else(|| primary.cloned()),
