@@ -21,6 +21,17 @@ enum Command {
         #[arg(long, env = "SWITCHYARD_CONFIG", default_value = "config/switchyard.toml")]
         config: PathBuf,
     },
+    /// Drive a running switchyard through its admin API.
+    Ctl {
+        /// Admin API base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9100")]
+        admin: String,
+        /// Admin token.
+        #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        command: switchyard::ctl::CtlCommand,
+    },
     /// Validate a config file and print every problem at once.
     CheckConfig {
         /// Config file.
@@ -46,6 +57,16 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => run(config),
+        Command::Ctl { admin, token, command } => {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            ExitCode::from(rt.block_on(switchyard::ctl::run(&admin, token, command)))
+        }
     }
 }
 
@@ -73,17 +94,23 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let app = match switchyard::app::App::start(config).await {
+        let app = match switchyard::app::App::start(config, Some(path.clone())).await {
             Ok(app) => app,
             Err(e) => {
                 eprintln!("switchyard: {e}");
                 return ExitCode::from(1);
             }
         };
-        println!("switchyard listening on {}", app.grpc_addr);
+        println!("switchyard listening on {} admin on {}", app.grpc_addr, app.admin_addr);
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
         switchyard::shutdown::signal().await;
         tracing::info!("shutting down");
-        let clean = app.shutdown(std::time::Duration::from_secs(30)).await;
+        let grace = std::env::var("SWITCHYARD_SHUTDOWN_GRACE")
+            .ok()
+            .and_then(|v| switchyard::config::units::parse_duration(&v).ok())
+            .unwrap_or(std::time::Duration::from_secs(30));
+        let clean = app.shutdown(grace).await;
         if clean { ExitCode::SUCCESS } else { ExitCode::from(1) }
     })
 }

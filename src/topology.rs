@@ -24,6 +24,19 @@ pub enum ProxyState {
     Abnormal,
 }
 
+impl ProxyState {
+    /// The name the admin API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyState::Running => "RUNNING",
+            ProxyState::Switching => "SWITCHING",
+            ProxyState::FailingOver => "FAILING_OVER",
+            ProxyState::Holding => "HOLDING",
+            ProxyState::Abnormal => "ABNORMAL",
+        }
+    }
+}
+
 /// Roles of every cluster at one epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Topology {

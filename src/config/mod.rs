@@ -5,6 +5,7 @@
 //! `switchyard check-config` and a rejected reload can show them all together.
 //! Secrets are [`Redacted`]: their `Debug` and `Display` print `***`.
 
+pub mod diff;
 mod raw;
 pub mod units;
 mod validate;

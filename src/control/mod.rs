@@ -8,6 +8,7 @@
 //! [`RoutingTable`] and stores it once, and only when it differs from the current one.
 
 pub mod discovery;
+pub mod reload;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -74,9 +74,11 @@ impl BufferedReply {
         }
     }
 
-    /// `MutationResult.timestamp` of a DML answer.
-    pub fn mutation_timestamp(&self) -> Option<u64> {
-        MutationResult::decode(self.first_message()?).ok().map(|m| m.timestamp)
+    /// `MutationResult.timestamp` and the rows written, of a DML answer.
+    pub fn mutation(&self) -> Option<(u64, u64)> {
+        MutationResult::decode(self.first_message()?)
+            .ok()
+            .map(|m| (m.timestamp, (m.insert_cnt.max(0) + m.upsert_cnt.max(0)) as u64))
     }
 }
 

@@ -120,8 +120,9 @@ fn acknowledged(
 ) {
     match call.kind {
         Kind::Write(WriteClass::Dml) => {
-            let Some(tick) = reply.mutation_timestamp().filter(|t| *t != 0) else { return };
+            let Some((tick, rows)) = reply.mutation().filter(|(t, _)| *t != 0) else { return };
             primary.signals.write_acked(tick);
+            primary.signals.rows_acked(tick, rows);
             if let Some((db, coll)) = body.and_then(|b| b.first_message()).and_then(|m| target_collection(m)) {
                 let db = super::db_of(parts, Some(&db));
                 conn.writes.note((db, coll), tick);

@@ -102,7 +102,13 @@ pub struct Signals {
     pub kick: tokio::sync::Notify,
     /// Newest source timestamp this standby has applied (0: unknown), from the monitor.
     pub checkpoint: AtomicU64,
+    // Recent acknowledged writes `(timestamp, rows)`, newest last, bounded; for the data
+    // loss report of a failover. Short sections only.
+    recent: std::sync::Mutex<std::collections::VecDeque<(u64, u64)>>,
 }
+
+/// Acknowledged writes remembered per primary for the loss report.
+const RECENT_WRITES: usize = 100_000;
 
 /// A process-wide monotonic origin for timestamps kept in atomics.
 pub fn origin() -> std::time::Instant {
@@ -119,6 +125,20 @@ impl Signals {
         self.last_write_tick.fetch_max(tick, Ordering::Relaxed);
         self.last_write_at_us.store(origin().elapsed().as_micros() as u64, Ordering::Relaxed);
         self.passive_failures.store(0, Ordering::Relaxed);
+    }
+
+    /// Remembers the rows an acknowledged write carried.
+    pub fn rows_acked(&self, tick: u64, rows: u64) {
+        let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if r.len() >= RECENT_WRITES {
+            r.pop_front();
+        }
+        r.push_back((tick, rows));
+    }
+
+    /// Rows acknowledged after `tick` (among the remembered writes).
+    pub fn rows_after(&self, tick: u64) -> u64 {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|(t, _)| *t > tick).map(|(_, n)| n).sum()
     }
 
     /// The newest acknowledged write and how long ago it was seen.
