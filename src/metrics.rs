@@ -11,6 +11,7 @@ use crate::grpc::Code;
 use crate::proxy::Proxy;
 use crate::routing::KindLabel;
 use crate::routing::cluster::{BUCKETS, RequestStats};
+use crate::topology::ProxyState;
 
 /// Metric names.
 pub mod names {
@@ -30,6 +31,8 @@ pub mod names {
     pub const UP: &str = "switchyard_cluster_up";
     /// Cluster replication lag.
     pub const LAG: &str = "switchyard_cluster_lag_seconds";
+    /// The proxy state (1 for the current one).
+    pub const STATE: &str = "switchyard_state";
 }
 
 /// The gRPC code name used as a label.
@@ -171,9 +174,20 @@ pub fn render(control: &Control, proxy: &Proxy) -> String {
     );
     let _ =
         writeln!(out, "# HELP {} 1 when the cluster passes its health probes.\n# TYPE {} gauge", names::UP, names::UP);
+    let topo = control.topology();
     for c in clusters.iter() {
         let up = control.view(&c.id).is_some_and(|v| v.up) && !table.is_fenced(&c.id);
-        let _ = writeln!(out, "{}{{cluster=\"{}\"}} {}", names::UP, c.id, u8::from(up));
+        let id = c.id.to_string();
+        let role = if topo.fenced.contains(&id) {
+            "fenced"
+        } else if topo.primary.as_deref() == Some(&*id) {
+            "primary"
+        } else if topo.rebuild.contains(&id) {
+            "rebuild"
+        } else {
+            "standby"
+        };
+        let _ = writeln!(out, "{}{{cluster=\"{id}\",role=\"{role}\"}} {}", names::UP, u8::from(up));
     }
     let _ = writeln!(
         out,
@@ -185,6 +199,17 @@ pub fn render(control: &Control, proxy: &Proxy) -> String {
         if let Some(lag) = control.view(&c.id).and_then(|v| v.lag) {
             let _ = writeln!(out, "{}{{cluster=\"{}\"}} {}", names::LAG, c.id, lag.as_secs_f64());
         }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {} The proxy state (1 for the current one).\n# TYPE {} gauge",
+        names::STATE,
+        names::STATE
+    );
+    for st in
+        [ProxyState::Running, ProxyState::Switching, ProxyState::FailingOver, ProxyState::Holding, ProxyState::Abnormal]
+    {
+        let _ = writeln!(out, "{}{{state=\"{}\"}} {}", names::STATE, st.as_str(), u8::from(table.state == st));
     }
     out
 }

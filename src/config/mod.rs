@@ -253,28 +253,37 @@ impl Config {
 }
 
 /// Replaces `${VAR}` with the environment's value; an unset variable is an error.
+/// Comment lines are left alone, so documentation may mention `${VAR}` freely.
 fn expand_env(text: &str) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(text.len());
     let mut problems = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        match after.find('}') {
-            Some(end) => {
-                let name = &after[..end];
-                match std::env::var(name) {
-                    Ok(v) => out.push_str(&v),
-                    Err(_) => problems.push(format!("environment variable {name} is not set (used as ${{{name}}})")),
+    for line in text.split_inclusive('\n') {
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+            continue;
+        }
+        let mut rest = line;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            match after.find('}') {
+                Some(end) => {
+                    let name = &after[..end];
+                    match std::env::var(name) {
+                        Ok(v) => out.push_str(&v),
+                        Err(_) => {
+                            problems.push(format!("environment variable {name} is not set (used as ${{{name}}})"))
+                        }
+                    }
+                    rest = &after[end + 1..];
                 }
-                rest = &after[end + 1..];
-            }
-            None => {
-                out.push_str(&rest[start..]);
-                rest = "";
+                None => {
+                    out.push_str(&rest[start..]);
+                    rest = "";
+                }
             }
         }
+        out.push_str(rest);
     }
-    out.push_str(rest);
     if problems.is_empty() { Ok(out) } else { Err(ConfigError { problems }) }
 }
