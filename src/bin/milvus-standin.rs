@@ -1,9 +1,8 @@
 //! `milvus-standin`: one Milvus 2.6 cluster with CDC, for tests, demos and drills.
 //!
 //! Thin: parses the flags and runs [`switchyard::standin::run`]. Logs go to stderr
-//! (`RUST_LOG`, default `info`); stdout gets one line once the ports are bound.
+//! (`RUST_LOG`, default `info`; `SWITCHYARD_LOG_FORMAT=json` for JSON); stdout gets one line once the ports are bound.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,13 +44,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    switchyard::telemetry::init();
     let opts = Options {
         cluster_id: cli.cluster_id,
         listen: cli.listen,

@@ -250,7 +250,7 @@ class Standin:
         self.state_dir = Path(state_dir) if state_dir else None
         self.replication_delay = replication_delay
         self.workdir = Path(workdir) if workdir else (self.state_dir.parent if self.state_dir else Path(os.environ.get("TMPDIR", "/tmp")))
-        self.env = {"RUST_LOG": "info", **(env or {})}
+        self.env = {"RUST_LOG": "info", "NO_COLOR": "1", **(env or {})}
         self.extra_args = list(extra_args)
         self.grpc_port: Optional[int] = None
         self.control_port: Optional[int] = None

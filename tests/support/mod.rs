@@ -141,7 +141,7 @@ impl Standin {
         if let Some(d) = state_dir {
             cmd.arg("--state-dir").arg(d);
         }
-        cmd.env("RUST_LOG", "info");
+        cmd.env("RUST_LOG", "info").env("NO_COLOR", "1");
         let mut proc = Proc::spawn(&mut cmd, &log);
         let line = proc.wait_line(|l| l.starts_with(&format!("milvus-standin {cluster_id} listening on ")));
         let words: Vec<&str> = line.split_whitespace().collect();
