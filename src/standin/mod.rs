@@ -116,7 +116,9 @@ pub async fn run_until(opts: Options, shutdown: impl Future<Output = ()>) -> Res
     let backend = Upstream::new(&opts.backend, TlsSettings::default(), UpstreamSettings::default())
         .map_err(|e| StandinError::Usage(format!("--backend: {e}")))?;
     let store = match &opts.state_dir {
-        Some(dir) => Some(persist::Store::open(dir).map_err(|e| StandinError::State(format!("{}: {e}", dir.display())))?),
+        Some(dir) => {
+            Some(persist::Store::open(dir).map_err(|e| StandinError::State(format!("{}: {e}", dir.display())))?)
+        }
         None => None,
     };
     let core = core::Core::new(core::CoreParts {

@@ -101,10 +101,10 @@ pub(crate) fn reconcile(core: &Arc<Core>) {
     reps.retain(|id, h| desired.get(id) == Some(&h.spec));
     lock(&core.cdc).retain(|(id, _), _| desired.contains_key(id));
     for (id, spec) in desired {
-        if !reps.contains_key(&id) {
-            tracing::info!(target_cluster = %id, uri = %spec.uri, until = ?spec.until, "starting replicator");
+        if let std::collections::hash_map::Entry::Vacant(slot) = reps.entry(id) {
+            tracing::info!(target_cluster = %slot.key(), uri = %spec.uri, until = ?spec.until, "starting replicator");
             let task = tokio::spawn(run(core.clone(), spec.clone()));
-            reps.insert(id, ReplicatorHandle { spec, task: task.abort_handle() });
+            slot.insert(ReplicatorHandle { spec, task: task.abort_handle() });
         }
     }
 }
@@ -292,7 +292,8 @@ async fn checkpoints(core: &Core, spec: &Spec, up: &Upstream) -> Result<Vec<u64>
     let mut out = vec![0; core.pchannels.len()];
     for (i, slot) in out.iter_mut().enumerate() {
         let Some(target_pchannel) = spec.target_pchannels.get(i) else { break };
-        let req = GetReplicateInfoRequest { source_cluster_id: core.id.clone(), target_pchannel: target_pchannel.clone() };
+        let req =
+            GetReplicateInfoRequest { source_cluster_id: core.id.clone(), target_pchannel: target_pchannel.clone() };
         let resp: GetReplicateInfoResponse =
             unary(up, "GetReplicateInfo", &req, &opts).await.map_err(|e| fail(format!("GetReplicateInfo: {e}")))?;
         if let Some(cp) = resp.checkpoint.filter(|cp| cp.cluster_id == core.id) {
@@ -316,10 +317,10 @@ fn stream_request(core: &Core, spec: &Spec, body: Body) -> Request<Body> {
     if let Ok(v) = HeaderValue::from_str(&core.id) {
         h.insert("cluster-id", v);
     }
-    if !spec.token.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&crate::encoding::base64(spec.token.as_bytes())) {
-            h.insert("authorization", v);
-        }
+    if !spec.token.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&crate::encoding::base64(spec.token.as_bytes()))
+    {
+        h.insert("authorization", v);
     }
     req
 }

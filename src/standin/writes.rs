@@ -35,7 +35,11 @@ pub(crate) const DML_ON_SECONDARY: &str =
 pub(crate) const DDL_ON_SECONDARY: &str = "cluster is not primary, cannot do any DDL/DCL";
 
 /// Handles a client write (`method` is `None` for a path outside the table).
-pub(crate) async fn handle(core: &Arc<Core>, method: Option<&'static Method>, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn handle(
+    core: &Arc<Core>,
+    method: Option<&'static Method>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let gate = core.write_gate.read().await;
     if !core.read(|st| st.is_primary()) {
         drop(gate);
@@ -85,14 +89,17 @@ pub(crate) async fn handle(core: &Arc<Core>, method: Option<&'static Method>, re
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "cannot append to the log");
-                return wire::grpc_error(Code::Internal, format!("milvus-standin: the write was applied but not logged: {e}"));
+                return wire::grpc_error(
+                    Code::Internal,
+                    format!("milvus-standin: the write was applied but not logged: {e}"),
+                );
             }
         };
-        if matches!(rpc.as_str(), "Insert" | "Upsert" | "Delete") {
-            if let Some(out) = msg.as_deref().and_then(|m| wire::set_varint_field(m, 9, tick)) {
-                data = crate::grpc::frame::frame_bytes(&out);
-                parts.headers.remove(http::header::CONTENT_LENGTH);
-            }
+        if matches!(rpc.as_str(), "Insert" | "Upsert" | "Delete")
+            && let Some(out) = msg.as_deref().and_then(|m| wire::set_varint_field(m, 9, tick))
+        {
+            data = crate::grpc::frame::frame_bytes(&out);
+            parts.headers.remove(http::header::CONTENT_LENGTH);
         }
     }
     rebuild(parts, data, trailers)
