@@ -29,7 +29,7 @@ use hyper::body::Incoming;
 use prost::Message;
 use tokio::sync::mpsc;
 
-use super::config::{Role, cluster};
+use super::config::{Role, cluster, role_of};
 use super::core::Core;
 use super::faults::bump;
 use super::log::{Entry, EntryKind};
@@ -166,7 +166,11 @@ async fn handle(core: &Arc<Core>, stream_source: &str, m: ReplicateMessage) -> R
                 st.checkpoints
                     .insert((source.clone(), index), checkpoint(&source, &pchannel, index, entry.tick, &message_id));
                 st.heard_from_source = true;
-                st.fence = None;
+                // A write after a fence that demoted the source means the source is primary
+                // again (a rollback): that fence no longer counts.
+                if st.fence.as_ref().is_some_and(|f| role_of(Some(&f.config), &source) != Role::Primary) {
+                    st.fence = None;
+                }
                 st.save_or_log(false);
             });
             bump(&core.counters.replicated_applied);

@@ -10,7 +10,8 @@
 //!   centre, the primary is demoted: client writes are refused from the moment the call
 //!   returns (the write gate makes in-flight writes land before the fence).
 //! - A secondary that receives a configuration takes it once it has applied its source's
-//!   fence for it (all pchannels, with no write after). Until then the configuration is
+//!   fence for it (on all pchannels; a write after a fence that demoted the source voids
+//!   it, since the source is primary again). Until then the configuration is
 //!   `pending` and the call waits, until the caller's deadline; then it fails and the
 //!   cluster stays secondary. A fence that arrives while its configuration is pending
 //!   applies it; other fences are recorded and ignored.
@@ -41,6 +42,9 @@ use crate::proto::milvus::{
     UpdateReplicateConfigurationRequest,
 };
 
+/// How long a configuration change waits for client writes in flight (a hung backend).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How long a waiting call may block when the caller sent no deadline.
 pub(crate) const DEFAULT_WAIT_CAP: Duration = Duration::from_secs(600);
 
@@ -57,7 +61,11 @@ pub(crate) async fn update_configuration(
     }
     // Config changes one at a time; no client write and no replicated message in flight.
     let config_guard = core.config_lock.lock().await;
-    let gate = core.write_gate.write().await;
+    let Ok(gate) = tokio::time::timeout(DRAIN_TIMEOUT, core.write_gate.write()).await else {
+        return failed_status(format!(
+            "milvus-standin: client writes in flight did not finish within {DRAIN_TIMEOUT:?}; configuration not changed"
+        ));
+    };
     let apply_guard = core.apply_lock.lock().await;
     let outcome = core.update(|st| {
         if st.config.as_ref() == Some(&cfg) {

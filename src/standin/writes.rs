@@ -40,6 +40,12 @@ pub(crate) async fn handle(
     method: Option<&'static Method>,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    // Read the request first: a slow client must not hold the gate a demotion waits for.
+    let (parts, body) = req.into_parts();
+    let raw = match body.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => return wire::grpc_error(Code::Cancelled, format!("milvus-standin: reading the request: {e}")),
+    };
     let gate = core.write_gate.read().await;
     if !core.read(|st| st.is_primary()) {
         drop(gate);
@@ -47,11 +53,6 @@ pub(crate) async fn handle(
         return reject(method);
     }
     bump(&core.counters.writes_served);
-    let (parts, body) = req.into_parts();
-    let raw = match body.collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) => return wire::grpc_error(Code::Cancelled, format!("milvus-standin: reading the request: {e}")),
-    };
     let payload = wire::unframe(&raw);
     let collection = payload.as_deref().and_then(|p| wire::string_field(p, 3)).unwrap_or_default();
     let pchannel = core.pchannel_for(&collection);
