@@ -7,7 +7,8 @@
 //! there, skipping what the target already has. The target confirms each message with its
 //! time tick. On any error the stream is dropped and, after a backoff (50 ms doubling to
 //! 1 s), the replicator asks again and resumes: nothing is lost, and the target drops what
-//! it has already applied. Pause and delay faults are read before every message; with a
+//! it has already applied. Faults are read before every message: paused or frozen, nothing
+//! is sent (the stream stays open); down, the stream is dropped until `/fault/up`; with a
 //! delay, a message is sent no sooner than that long after it was written.
 //!
 //! A replicator of a former target ("drain") stops once its last entry (the fence) is
@@ -120,7 +121,12 @@ async fn run(core: Arc<Core>, spec: Spec) {
     };
     let mut backoff = MIN_BACKOFF;
     let mut last_error = String::new();
+    let mut faults = core.faults.watch();
     loop {
+        // A dead cluster sends nothing: wait for `/fault/up`.
+        if faults.wait_for(|f| !f.down).await.is_err() {
+            return;
+        }
         match session(&core, &spec, &up).await {
             Ok(()) => {
                 finish_drain(&core, &spec);
@@ -202,7 +208,10 @@ async fn session(core: &Arc<Core>, spec: &Spec, up: &Upstream) -> Result<(), Ses
             return Ok(());
         }
         let f = core.faults.get();
-        let step = if f.replication_paused || spec.until.is_some_and(|u| next > u) {
+        if f.down {
+            return Err(SessionError { message: "this cluster is down (fault)".into(), progress });
+        }
+        let step = if f.replication_paused || f.frozen || spec.until.is_some_and(|u| next > u) {
             Step::Idle
         } else {
             fetch(core, spec, next, &cps, Duration::from_millis(f.replication_delay_ms))

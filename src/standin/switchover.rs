@@ -310,8 +310,9 @@ pub(crate) fn get_configuration(core: &Core) -> GetReplicateConfigurationRespons
 }
 
 /// `GetReplicateInfo`: on a secondary, the checkpoint of the source pchannel at the index of
-/// `target_pchannel` (this cluster's pchannel; the source's name is accepted too); on a
-/// primary none. The salvage checkpoint is there after a force promote.
+/// `target_pchannel` (this cluster's pchannel; the source's name is accepted too), unset
+/// until something arrived from that source; on a primary none. The salvage checkpoint is
+/// there after a force promote.
 pub(crate) fn get_info(core: &Core, req: &GetReplicateInfoRequest) -> Result<GetReplicateInfoResponse, GrpcStatus> {
     core.read(|st| {
         let source = match (req.source_cluster_id.as_str(), st.role()) {
@@ -328,17 +329,10 @@ pub(crate) fn get_info(core: &Core, req: &GetReplicateInfoRequest) -> Result<Get
             .ok_or_else(|| {
                 GrpcStatus::new(Code::InvalidArgument, format!("pchannel '{}' not found", req.target_pchannel))
             })?;
+        // Unset on a primary, and on a secondary that has nothing from `source` yet.
         let checkpoint = match st.role() {
             Role::Primary => None,
-            Role::Secondary { .. } => Some(match st.checkpoints.get(&(source.clone(), index)) {
-                Some(cp) => to_proto(cp),
-                None => ReplicateCheckpoint {
-                    cluster_id: source.clone(),
-                    pchannel: source_pchannels.get(index).cloned().unwrap_or_default(),
-                    message_id: None,
-                    time_tick: 0,
-                },
-            }),
+            Role::Secondary { .. } => st.checkpoints.get(&(source.clone(), index)).map(to_proto),
         };
         let salvage_checkpoint = st.salvage.get(&(source, index)).map(to_proto);
         Ok(GetReplicateInfoResponse { checkpoint, salvage_checkpoint })
