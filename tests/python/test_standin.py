@@ -410,6 +410,24 @@ def test_other_secondary_follows_the_new_primary(standin_factory, lite_factory):
     assert old != x
 
 
+def test_replication_delay_makes_a_lagging_standby(standin_factory, lite_factory):
+    la, lb = lite_factory.many(2)
+    a = standin_factory("cluster-a", la, replication_delay="1500ms")
+    b = standin_factory("cluster-b", lb)
+    replicate(a, b)
+    ca, cb = a.client(), b.client()
+    ca.create_collection("lag", dimension=4)
+    wait_until(lambda: cb.has_collection("lag"), timeout=15, what="collection on B")
+    started = time.monotonic()
+    ca.insert("lag", rows(0, 3))
+    assert count_rows(cb, "lag") == 0  # held back for 1.5 s after it was written
+    wait_until(lambda: count_rows(cb, "lag") == 3, timeout=15, what="delayed rows on B")
+    assert time.monotonic() - started >= 1.4
+    assert a.control("/fault/replication/delay", ms=0)["replication_delay_ms"] == 0
+    ca.insert("lag", rows(3, 3))
+    wait_until(lambda: count_rows(cb, "lag") == 6, timeout=1.0, what="undelayed rows on B")
+
+
 def test_stream_protocol_and_faults(pair):
     a, b = pair.a, pair.b
     raw = stub(a)
