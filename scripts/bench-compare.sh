@@ -31,6 +31,7 @@ if [[ ! -x $bin_dir/examples/canned_milvus ]]; then
 fi
 
 helper_pid=
+# shellcheck disable=SC2317  # called through the trap
 cleanup() {
     # The helper kills what it started; this covers the helper itself being interrupted.
     if [[ -n $helper_pid ]] && kill -0 "$helper_pid" 2>/dev/null; then
