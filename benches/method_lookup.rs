@@ -10,18 +10,23 @@
 //!
 //! Run: `cargo bench --bench method_lookup` (about 30 s; add `-- --quick` for a rough pass).
 //!
-//! Last results (criterion medians; 2026-11-22, AMD EPYC, 2 cores shared with other builds,
-//! Linux 6.18, rustc 1.95.0, release profile with thin LTO):
+//! Last results (criterion's middle estimate), 2026-11-22: AMD EPYC, 2 cores, Linux 6.18,
+//! rustc 1.95.0, bench profile (release, thin LTO). The machine was shared with other builds
+//! (load average about 4 on 2 cores), so the times are inflated and the 2- and 4-thread runs
+//! found no free core; rerun on a quiet machine before drawing conclusions about scaling.
 //!
 //! | bench | time | throughput |
 //! |---|---|---|
-//! | lookup/hit Search | 17.0 ns | |
-//! | lookup/miss unknown method | 18.1 ns | |
-//! | lookup/miss other service | 1.5 ns | |
-//! | lookup/all 149 paths | 2.55 µs (17.1 ns/lookup) | 58 M lookups/s |
-//! | lookup_contended/1 thread | 2.60 µs per pass | 57 M lookups/s |
-//! | lookup_contended/2 threads | 2.74 µs per pass | 109 M lookups/s |
-//! | lookup_contended/4 threads | 5.30 µs per pass | 112 M lookups/s (2 cores) |
+//! | lookup/hit Search | 99.9 ns | 10.0 M lookups/s |
+//! | lookup/miss unknown method | 128 ns | 7.8 M lookups/s |
+//! | lookup/miss other service | 0.72 ns | (prefix check only) |
+//! | lookup/all 149 paths | 12.5 µs per pass | 11.9 M lookups/s |
+//! | lookup_contended/threads/1 | 11.9 µs per pass | 12.6 M lookups/s |
+//! | lookup_contended/threads/2 | 24.7 µs per pass | 12.1 M lookups/s |
+//! | lookup_contended/threads/4 | 53.3 µs per pass | 11.2 M lookups/s |
+//!
+//! An earlier run the same day gave 83 ns for the hit and 14.1 M lookups/s with 2 threads:
+//! expect ±25% between runs on this machine.
 
 use std::hint::black_box;
 use std::sync::Barrier;

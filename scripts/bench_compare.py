@@ -22,6 +22,8 @@ of successful requests).
 Environment:
   BENCH_QUICK=1        small run (CI smoke, development)
   BENCH_TARGETS=a,b    subset of direct,switchyard,haproxy,nginx (default: all four)
+  BENCH_ROUNDS=N       rounds over all targets (default 3, quick 1); the table shows medians
+  BENCH_WORKLOADS=a,b  subset of unary,insert8m,latency (default: all three)
   BENCH_JSON=PATH      also write the results as JSON
   BENCH_KEEP=1         keep the work directory (configs, logs, h2load logs)
 """
@@ -37,6 +39,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -312,7 +315,7 @@ http {{
     http2_body_preread_size 1m;
     http2_max_concurrent_streams 1024;
     keepalive_requests 100000000;
-    upstream canned {{ server 127.0.0.1:{upstream}; keepalive 16; keepalive_requests 100000000; }}
+    upstream canned {{ server 127.0.0.1:{upstream}; keepalive 128; keepalive_requests 100000000; }}
     server {{
         listen 127.0.0.1:{port} http2;
         location / {{
@@ -562,18 +565,48 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}×"
 
 
-def report(results: list[Result], workloads: list[Workload], targets: list[Target],
-           quick: bool, failures: list[str]) -> str:
+@dataclass
+class RunInfo:
+    quick: bool
+    rounds: int
+    versions: dict[str, str]
+    load_before: str
+    load_after: str
+
+
+def loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def combine(rounds: list[Result]) -> Result:
+    """One row from several rounds: counts add up, rates and latencies are medians, RSS the max."""
+    first = rounds[0]
+    out = Result(first.target, first.workload)
+    for attr in ("requests", "succeeded", "failed", "upstream_seen"):
+        setattr(out, attr, sum(getattr(r, attr) for r in rounds))
+    out.seconds = sum(r.seconds for r in rounds)
+    for attr in ("req_per_s", "mib_per_s", "p50_ms", "p99_ms", "cpu_s_per_10k"):
+        vals = [getattr(r, attr) for r in rounds if getattr(r, attr) is not None]
+        setattr(out, attr, statistics.median(vals) if vals else None)
+    rss = [r.peak_rss_mib for r in rounds if r.peak_rss_mib is not None]
+    out.peak_rss_mib = max(rss) if rss else None
+    out.notes = [n for r in rounds for n in r.notes]
+    return out
+
+
+def report(results: list[Result], workloads: list[Workload], info: RunInfo, failures: list[str]) -> str:
     lines = []
-    lines.append(f"Machine: {machine()}  ")
-    lines.append(f"Mode: {'quick (BENCH_QUICK=1)' if quick else 'full'}; "
-                 + "; ".join(f"{w.name}: {w.method} {w.requests} req, {w.body_len:,} B body, "
-                             f"{w.conns} conn × {w.streams} streams" for w in workloads) + "  ")
-    versions = [f"{t.name}: {t.version}" for t in targets if t.version]
-    versions.append(f"h2load: {version_of(['h2load', '--version'])}")
-    lines.append("Versions: " + "; ".join(versions) + "  ")
-    lines.append("Proxies: 1 thread or worker each; upstream: canned_milvus (1 thread). "
-                 "CPU and RSS are the proxy's own (all its processes).")
+    lines.append(f"Machine: {machine()}; load average {info.load_before} before, {info.load_after} after  ")
+    mode = "quick (BENCH_QUICK=1)" if info.quick else "full"
+    lines.append(f"Mode: {mode}, {info.rounds} round(s), medians over rounds (peak RSS: max); "
+                 + "; ".join(f"{w.name}: {w.method} × {w.requests:,}, {w.body_len:,} B request body, "
+                             f"-c {w.conns} -m {w.streams}" for w in workloads) + "  ")
+    versions = [f"{name} {v}" for name, v in info.versions.items() if v]
+    versions.append(f"h2load {version_of(['h2load', '--version'])}")
+    lines.append("Versions: " + ", ".join(versions) + "  ")
+    lines.append("Each proxy runs on 1 thread or worker; the upstream is canned_milvus (1 thread); h2load, proxy "
+                 "and upstream share the machine. CPU and RSS are the proxy's own, all its processes included.")
     lines.append("")
     lines.append("| workload | target | req/s | MiB/s | p50 ms | p99 ms | CPU s / 10k req | peak RSS MiB | failed |")
     lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -632,8 +665,6 @@ def main() -> int:
 
     work = tempfile.mkdtemp(prefix="switchyard-bench-")
     procs = Procs()
-    results: list[Result] = []
-    started: list[Target] = []
     failures: list[str] = []
 
     def on_signal(signum, _frame):
@@ -655,6 +686,9 @@ def main() -> int:
             Workload("insert8m", "Insert", insert_file, len(insert), 4 if quick else 128, 2, 2),
             Workload("latency", "Search", search_file, len(search), 500 if quick else 20_000, 1, 1),
         ]
+        only = [w.strip() for w in os.environ.get("BENCH_WORKLOADS", "").split(",") if w.strip()]
+        if only:
+            workloads = [w for w in workloads if w.name in only]
         warmup = Workload("warmup", "Search", search_file, len(search), 300 if quick else 5_000, 1, 16)
         timeout = 300.0 if quick else 900.0
 
@@ -676,33 +710,48 @@ def main() -> int:
             raise StartError("canned_milvus did not start", canned_log)
         print(f"bench: canned upstream on 127.0.0.1:{upstream}; work dir {work}", file=sys.stderr)
 
-        for name in targets:
-            try:
-                t = start_target(name, procs, work, args.bin_dir, upstream)
-                preflight(t, search_file)
-            except (StartError, OSError, subprocess.SubprocessError) as e:
-                failures.append(f"{name}: not measured: {e}")
-                print(f"bench: {name}: not measured: {e}", file=sys.stderr)
-                if procs.started and procs.started[-1] is not canned:
-                    procs.stop(procs.started.pop())
-                continue
-            started.append(t)
-            h2load(f"http://127.0.0.1:{t.port}", warmup, warmup.requests, None, timeout)
-            for wl in workloads:
-                print(f"bench: {name} {wl.name} ({wl.requests} requests)...", file=sys.stderr)
-                r = run_workload(t, wl, upstream, work, timeout)
-                results.append(r)
-                print(f"bench:   {fmt(r.req_per_s, 1)} req/s, p50 {r.p50_ms:.3f} ms, p99 {r.p99_ms:.3f} ms, "
-                      f"{r.failed} failed", file=sys.stderr)
-            if t.proc:
-                procs.stop(t.proc)
-                procs.started.remove(t.proc)
-
-        print(report(results, workloads, started, quick, failures))
+        rounds = int(os.environ.get("BENCH_ROUNDS", "1" if quick else "3"))
+        versions: dict[str, str] = {}
+        raw: list[Result] = []
+        dead: set[str] = set()
+        load_before = loadavg()
+        for round_no in range(1, rounds + 1):
+            # Rounds interleave the targets, so a burst of load from elsewhere on the machine
+            # hits one round of each rather than all of one target.
+            for name in (n for n in targets if n not in dead):
+                try:
+                    t = start_target(name, procs, work, args.bin_dir, upstream)
+                    preflight(t, search_file)
+                except (StartError, OSError, subprocess.SubprocessError) as e:
+                    failures.append(f"{name}: not measured: {e}")
+                    print(f"bench: {name}: not measured: {e}", file=sys.stderr)
+                    if procs.started and procs.started[-1] is not canned:
+                        procs.stop(procs.started.pop())
+                    dead.add(name)
+                    continue
+                versions[name] = t.version
+                h2load(f"http://127.0.0.1:{t.port}", warmup, warmup.requests, None, timeout)
+                for wl in workloads:
+                    print(f"bench: round {round_no}/{rounds} {name} {wl.name} ({wl.requests} requests)...",
+                          file=sys.stderr)
+                    r = run_workload(t, wl, upstream, work, timeout)
+                    r.notes = [f"round {round_no}: {n}" for n in r.notes]
+                    raw.append(r)
+                    print(f"bench:   {fmt(r.req_per_s, 1)} req/s, p50 {r.p50_ms:.3f} ms, p99 {r.p99_ms:.3f} ms, "
+                          f"{r.failed} failed", file=sys.stderr)
+                if t.proc:
+                    procs.stop(t.proc)
+                    procs.started.remove(t.proc)
+        groups = [[r for r in raw if (r.target, r.workload) == (name, wl.name)] for wl in workloads for name in targets]
+        results = [combine(g) for g in groups if g]
+        header = RunInfo(quick, rounds, versions, load_before, loadavg())
+        print(report(results, workloads, header, failures))
         if os.environ.get("BENCH_JSON"):
             with open(os.environ["BENCH_JSON"], "w") as f:
-                json.dump({"machine": machine(), "quick": quick, "failures": failures,
-                           "results": [r.__dict__ for r in results]}, f, indent=2)
+                json.dump({"machine": machine(), "quick": quick, "rounds": rounds, "failures": failures,
+                           "loadavg": [header.load_before, header.load_after],
+                           "results": [r.__dict__ for r in results],
+                           "raw": [r.__dict__ for r in raw]}, f, indent=2)
         bad = failures or any(r.failed for r in results)
         return 1 if bad else 0
     finally:
