@@ -9,7 +9,9 @@
 //! the router, so it can only ever reach the primary.
 //!
 //! The classes follow `../shared/reference/milvus-protocol.md` §1. `tests/python/test_conformance.py`
-//! fails if pymilvus's descriptors name a method this table lacks, or disagree on the reply shape.
+//! (which reads this table through `examples/method_table.rs`) fails if pymilvus's descriptors
+//! name a method this table lacks or disagree on the reply shape or streaming, if a name of
+//! milvus-proto master is missing, or if a row's class differs from the test's own list.
 
 /// What a call does, as far as routing is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,7 +51,9 @@ pub enum ReadClass {
 pub enum Reply {
     /// The response is a bare `common.Status`.
     Status,
-    /// The response is a message whose field 1 is `common.Status status`.
+    /// The response is a message whose field 1 is a `common.Status` (named `status` everywhere
+    /// except master's `AlterCollectionSchemaResponse`, where it is `alter_status`: the same
+    /// bytes on the wire).
     Wrapped,
     /// Anything else (no status field at 1).
     Other,
@@ -93,10 +97,7 @@ pub fn lookup(path: &str) -> Option<&'static Method> {
 
 /// Finds a method by its bare RPC name.
 pub fn by_name(name: &str) -> Option<&'static Method> {
-    METHODS
-        .binary_search_by(|m| m.name.cmp(name))
-        .ok()
-        .map(|i| &METHODS[i])
+    METHODS.binary_search_by(|m| m.name.cmp(name)).ok().map(|i| &METHODS[i])
 }
 
 /// Every method, sorted by name.
@@ -135,7 +136,7 @@ static METHODS: &[Method] = &[
     m("AlterRole", DCL, ST),
     m("BackupRBAC", META, WR),
     m("BatchDescribeCollection", META, WR),
-    m("BatchUpdateManifest", DDL, WR), // master
+    m("BatchUpdateManifest", DDL, ST), // master
     m("CalcDistance", DATA, WR),
     m("CheckHealth", CTL, WR),
     m("ComputePhraseMatchSlop", DATA, WR), // master
@@ -145,7 +146,7 @@ static METHODS: &[Method] = &[
     m("CreateCredential", DCL, ST),
     m("CreateDatabase", DDL, ST),
     m("CreateIndex", DDL, ST),
-    m("CreateNamespace", DDL, ST), // master
+    m("CreateNamespace", DDL, WR), // master
     m("CreatePartition", DDL, ST),
     m("CreatePrivilegeGroup", DCL, ST),
     m("CreateReplicateStream", STREAM, OTHER),
@@ -171,7 +172,7 @@ static METHODS: &[Method] = &[
     m("DropCollectionFunction", DDL, ST),
     m("DropDatabase", DDL, ST),
     m("DropIndex", DDL, ST),
-    m("DropNamespace", DDL, ST), // master
+    m("DropNamespace", DDL, WR), // master
     m("DropPartition", DDL, ST),
     m("DropPrivilegeGroup", DCL, ST),
     m("DropResourceGroup", CTL, ST),
@@ -201,7 +202,7 @@ static METHODS: &[Method] = &[
     m("GetPartitionStatistics", META, WR),
     m("GetPersistentSegmentInfo", META, WR),
     m("GetQuerySegmentInfo", META, WR),
-    m("GetRLSPrincipalTags", META, WR), // master
+    m("GetRLSPrincipalTags", META, WR),                  // master
     m("GetRefreshExternalCollectionProgress", META, WR), // master
     m("GetReplicas", META, WR),
     m("GetReplicateConfiguration", CTL, WR),
@@ -223,7 +224,7 @@ static METHODS: &[Method] = &[
     m("ListIndexedSegment", META, WR),
     m("ListNamespaces", META, WR), // master
     m("ListPrivilegeGroups", META, WR),
-    m("ListRLSPrincipals", META, WR), // master
+    m("ListRLSPrincipals", META, WR),                 // master
     m("ListRefreshExternalCollectionJobs", META, WR), // master
     m("ListResourceGroups", META, WR),
     m("ListRestoreSnapshotJobs", META, WR), // master
@@ -239,7 +240,7 @@ static METHODS: &[Method] = &[
     m("OperatePrivilegeV2", DCL, ST),
     m("OperateUserRole", DCL, ST),
     m("PinSnapshotData", DDL, WR), // master
-    m("Prewarm", DDL, ST),         // master
+    m("Prewarm", DDL, WR),         // master
     m("Query", DATA, WR),
     m("RefreshExternalCollection", DDL, WR), // master
     m("RegisterLink", CTL, OTHER),

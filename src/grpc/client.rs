@@ -137,10 +137,8 @@ where
                 return Err(CallError::Status(st));
             }
         }
-        let collected = body
-            .collect()
-            .await
-            .map_err(|e| CallError::Transport { message: e.to_string(), maybe_sent: true })?;
+        let collected =
+            body.collect().await.map_err(|e| CallError::Transport { message: e.to_string(), maybe_sent: true })?;
         if let Some(st) = collected.trailers().and_then(GrpcStatus::from_headers) {
             if st.code != Code::Ok {
                 return Err(CallError::Status(st));

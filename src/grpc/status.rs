@@ -31,9 +31,23 @@ impl Code {
     pub fn from_u32(v: u32) -> Code {
         use Code::*;
         const ALL: [Code; 17] = [
-            Ok, Cancelled, Unknown, InvalidArgument, DeadlineExceeded, NotFound, AlreadyExists,
-            PermissionDenied, ResourceExhausted, FailedPrecondition, Aborted, OutOfRange,
-            Unimplemented, Internal, Unavailable, DataLoss, Unauthenticated,
+            Ok,
+            Cancelled,
+            Unknown,
+            InvalidArgument,
+            DeadlineExceeded,
+            NotFound,
+            AlreadyExists,
+            PermissionDenied,
+            ResourceExhausted,
+            FailedPrecondition,
+            Aborted,
+            OutOfRange,
+            Unimplemented,
+            Internal,
+            Unavailable,
+            DataLoss,
+            Unauthenticated,
         ];
         ALL.get(v as usize).copied().unwrap_or(Unknown)
     }
@@ -64,11 +78,7 @@ impl GrpcStatus {
     /// Reads `grpc-status` and `grpc-message` from trailers (or trailers-only headers).
     pub fn from_headers(map: &HeaderMap) -> Option<Self> {
         let code = map.get("grpc-status")?.to_str().ok()?.trim().parse::<u32>().ok()?;
-        let message = map
-            .get("grpc-message")
-            .and_then(|v| v.to_str().ok())
-            .map(percent_decode)
-            .unwrap_or_default();
+        let message = map.get("grpc-message").and_then(|v| v.to_str().ok()).map(percent_decode).unwrap_or_default();
         Some(Self { code: Code::from_u32(code), message })
     }
 

@@ -33,11 +33,18 @@ impl std::fmt::Debug for Connector {
 }
 
 impl Connector {
-    pub(super) fn new(host: String, port: u16, https: bool, tls: TlsSettings, settings: UpstreamSettings) -> Result<Self, String> {
+    pub(super) fn new(
+        host: String,
+        port: u16,
+        https: bool,
+        tls: TlsSettings,
+        settings: UpstreamSettings,
+    ) -> Result<Self, String> {
         let tls = if https {
             let cfg = client_config(&tls)?;
             let name = tls.server_name.clone().unwrap_or_else(|| host.clone());
-            let name = rustls::pki_types::ServerName::try_from(name).map_err(|e| format!("bad TLS server name: {e}"))?;
+            let name =
+                rustls::pki_types::ServerName::try_from(name).map_err(|e| format!("bad TLS server name: {e}"))?;
             Some((TlsConnector::from(Arc::new(cfg)), name))
         } else {
             None
@@ -52,10 +59,11 @@ impl Connector {
     pub(super) async fn connect(&self) -> Result<SendRequest<Body>, UpstreamError> {
         let addr = self.addr();
         let fail = |reason: String| UpstreamError::Connect { addr: addr.clone(), reason };
-        let tcp = tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect((self.host.as_str(), self.port)))
-            .await
-            .map_err(|_| fail(format!("timed out after {:?}", self.settings.connect_timeout)))?
-            .map_err(|e| fail(e.to_string()))?;
+        let tcp =
+            tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect((self.host.as_str(), self.port)))
+                .await
+                .map_err(|_| fail(format!("timed out after {:?}", self.settings.connect_timeout)))?
+                .map_err(|e| fail(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         match &self.tls {
             None => self.handshake(TokioIo::new(tcp), addr.clone()).await,
@@ -82,7 +90,8 @@ impl Connector {
         if let Some(k) = self.settings.keepalive {
             b.keep_alive_interval(k).keep_alive_timeout(k).keep_alive_while_idle(false);
         }
-        let (sender, conn) = b.handshake(io).await.map_err(|source| UpstreamError::Handshake { addr: addr.clone(), source })?;
+        let (sender, conn) =
+            b.handshake(io).await.map_err(|source| UpstreamError::Handshake { addr: addr.clone(), source })?;
         // The connection task ends when every sender is dropped and its streams are done,
         // or when the peer closes it; the pool notices through `is_closed`.
         tokio::spawn(async move {

@@ -133,8 +133,8 @@ impl Upstream {
         let authority = parsed.authority().cloned().ok_or_else(|| bad("missing host"))?;
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
-        let connector = connect::Connector::new(host, port, https, tls, settings.clone())
-            .map_err(|reason| bad(&reason))?;
+        let connector =
+            connect::Connector::new(host, port, https, tls, settings.clone()).map_err(|reason| bad(&reason))?;
         let slots = (0..settings.connections.max(1)).map(|_| Slot::default()).collect();
         Ok(Arc::new(Self { uri: uri.to_string(), scheme, authority, connector, slots, next: AtomicUsize::new(0) }))
     }
@@ -170,7 +170,8 @@ impl Upstream {
                 Self::forget(slot, &sender);
                 match e.take_message() {
                     Some(req) => {
-                        let err = UpstreamError::Connect { addr: self.connector.addr(), reason: e.into_error().to_string() };
+                        let err =
+                            UpstreamError::Connect { addr: self.connector.addr(), reason: e.into_error().to_string() };
                         Err(SendError::NotSent(err, Box::new(req)))
                     }
                     None => Err(SendError::Sent(e.into_error())),

@@ -1,0 +1,295 @@
+//! Request bodies on their way to a cluster: streamed, checked frame by frame, never
+//! buffered whole unless switchyard must read or hold them.
+//!
+//! [`RequestBody`] replays whatever was read ahead (the first frame header, or the whole
+//! first message of a read whose consistency level matters), then streams the rest. A
+//! [`FrameScan`] follows the gRPC frame boundaries as bytes pass, so a message larger than
+//! `listener.max_message_size` is refused the moment its header is seen.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::body::BoxError;
+use crate::error::ProxyError;
+use crate::grpc::frame::HEADER_LEN;
+
+/// Follows gRPC frame boundaries in a byte stream and enforces the size limit.
+#[derive(Debug, Clone)]
+pub struct FrameScan {
+    limit: usize,
+    header: [u8; HEADER_LEN],
+    have: usize,
+    remaining: usize,
+    /// Messages whose header has been seen.
+    pub messages: usize,
+}
+
+impl FrameScan {
+    /// A scanner refusing messages above `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self { limit, header: [0; HEADER_LEN], have: 0, remaining: 0, messages: 0 }
+    }
+
+    /// Feeds bytes; fails on the first oversized message.
+    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), ProxyError> {
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let n = self.remaining.min(data.len());
+                self.remaining -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (HEADER_LEN - self.have).min(data.len());
+            self.header[self.have..self.have + n].copy_from_slice(&data[..n]);
+            self.have += n;
+            data = &data[n..];
+            if self.have == HEADER_LEN {
+                let len = u32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]]) as usize;
+                if len > self.limit {
+                    return Err(ProxyError::MessageTooLarge { len, limit: self.limit });
+                }
+                self.have = 0;
+                self.remaining = len;
+                self.messages += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the stream stopped inside a frame.
+    pub fn mid_frame(&self) -> bool {
+        self.have > 0 || self.remaining > 0
+    }
+}
+
+/// A request body: read-ahead frames first, then the rest of the client's stream.
+#[derive(Debug)]
+pub struct RequestBody {
+    buffered: VecDeque<Frame<Bytes>>,
+    rest: Option<Incoming>,
+    scan: FrameScan,
+    buffered_len: usize,
+}
+
+/// What reading ahead found.
+#[derive(Debug, Default)]
+pub struct ReadAhead {
+    /// The first message, when it was asked for and is complete.
+    pub first_message: Option<Bytes>,
+}
+
+impl RequestBody {
+    /// Wraps a client body. Nothing is read yet.
+    pub fn new(body: Incoming, limit: usize) -> Self {
+        Self { buffered: VecDeque::new(), rest: Some(body), scan: FrameScan::new(limit), buffered_len: 0 }
+    }
+
+    /// A body made only of bytes already in memory.
+    pub fn from_frames(frames: VecDeque<Frame<Bytes>>, limit: usize) -> Self {
+        let buffered_len = frames.iter().filter_map(|f| f.data_ref()).map(Bytes::len).sum();
+        Self { buffered: frames, rest: None, scan: FrameScan::new(limit), buffered_len }
+    }
+
+    /// Bytes read ahead and held in memory.
+    pub fn buffered_len(&self) -> usize {
+        self.buffered_len
+    }
+
+    /// Reads until the first frame header has been checked, or, with `whole_first`, until
+    /// the whole first message is in memory (small read requests only).
+    pub async fn read_ahead(&mut self, whole_first: bool) -> Result<ReadAhead, ProxyError> {
+        let mut acc = BytesMut::new();
+        loop {
+            let enough = if whole_first {
+                crate::grpc::frame::declared_len(&acc).is_some_and(|(_, len)| acc.len() >= HEADER_LEN + len)
+            } else {
+                self.scan.messages > 0
+            };
+            if enough {
+                break;
+            }
+            let Some(rest) = self.rest.as_mut() else { break };
+            match rest.frame().await {
+                None => {
+                    self.rest = None;
+                    break;
+                }
+                Some(Err(e)) => return Err(ProxyError::BadBody(e.to_string())),
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        self.scan.feed(data)?;
+                        self.buffered_len += data.len();
+                        if whole_first {
+                            acc.extend_from_slice(data);
+                        }
+                    }
+                    self.buffered.push_back(frame);
+                }
+            }
+        }
+        let first_message = if whole_first {
+            crate::grpc::frame::declared_len(&acc)
+                .filter(|(flag, len)| *flag == 0 && acc.len() >= HEADER_LEN + len)
+                .map(|(_, len)| acc.freeze().slice(HEADER_LEN..HEADER_LEN + len))
+        } else {
+            None
+        };
+        Ok(ReadAhead { first_message })
+    }
+
+    /// Reads the whole body into memory (a held write), up to `max` bytes in total.
+    pub async fn buffer_all(&mut self, max: usize) -> Result<(), ProxyError> {
+        if self.buffered_len > max {
+            return Err(ProxyError::GateFull(format!("body over the {max} bytes left in max_held_bytes")));
+        }
+        while let Some(rest) = self.rest.as_mut() {
+            match rest.frame().await {
+                None => self.rest = None,
+                Some(Err(e)) => return Err(ProxyError::BadBody(e.to_string())),
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        self.scan.feed(data)?;
+                        self.buffered_len += data.len();
+                        if self.buffered_len > max {
+                            return Err(ProxyError::GateFull(format!(
+                                "body over the {max} bytes left in max_held_bytes"
+                            )));
+                        }
+                    }
+                    self.buffered.push_back(frame);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads ahead until the body ends or more than `limit` bytes are in memory; returns
+    /// whether the whole body is now in memory.
+    pub async fn buffer_up_to(&mut self, limit: usize) -> Result<bool, ProxyError> {
+        while self.buffered_len <= limit {
+            let Some(rest) = self.rest.as_mut() else { break };
+            match rest.frame().await {
+                None => self.rest = None,
+                Some(Err(e)) => return Err(ProxyError::BadBody(e.to_string())),
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        self.scan.feed(data)?;
+                        self.buffered_len += data.len();
+                    }
+                    self.buffered.push_back(frame);
+                }
+            }
+        }
+        Ok(self.rest.is_none())
+    }
+
+    /// The first message, when it is entirely in the read-ahead buffer.
+    pub fn first_message(&self) -> Option<Bytes> {
+        let mut acc = BytesMut::new();
+        for d in self.buffered.iter().filter_map(|f| f.data_ref()) {
+            acc.extend_from_slice(d);
+            if let Some((0, len)) = crate::grpc::frame::declared_len(&acc) {
+                if acc.len() >= HEADER_LEN + len {
+                    return Some(acc.freeze().slice(HEADER_LEN..HEADER_LEN + len));
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether the whole body is in memory.
+    pub fn is_buffered(&self) -> bool {
+        self.rest.is_none()
+    }
+
+    /// Copies the buffered frames (the body must be fully buffered), for a resend.
+    pub fn clone_buffered(&self) -> Option<Self> {
+        self.rest.is_none().then(|| Self {
+            buffered: self.buffered.iter().filter_map(clone_frame).collect(),
+            rest: None,
+            scan: self.scan.clone(),
+            buffered_len: self.buffered_len,
+        })
+    }
+}
+
+fn clone_frame(f: &Frame<Bytes>) -> Option<Frame<Bytes>> {
+    if let Some(d) = f.data_ref() {
+        Some(Frame::data(d.clone()))
+    } else {
+        f.trailers_ref().map(|t| Frame::trailers(t.clone()))
+    }
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(f) = this.buffered.pop_front() {
+            return Poll::Ready(Some(Ok(f)));
+        }
+        let Some(rest) = this.rest.as_mut() else { return Poll::Ready(None) };
+        match Pin::new(rest).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                this.rest = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if let Err(e) = this.scan.feed(data) {
+                        return Poll::Ready(Some(Err(Box::new(e))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.buffered.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let buffered: u64 = self.buffered.iter().filter_map(|f| f.data_ref()).map(|d| d.len() as u64).sum();
+        match &self.rest {
+            None => SizeHint::with_exact(buffered),
+            Some(r) => {
+                let h = r.size_hint();
+                let mut s = SizeHint::new();
+                s.set_lower(h.lower() + buffered);
+                if let Some(u) = h.upper() {
+                    s.set_upper(u + buffered);
+                }
+                s
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_follows_frames_split_anywhere() {
+        let mut s = FrameScan::new(10);
+        let stream = [0u8, 0, 0, 0, 3, 1, 2, 3, 0, 0, 0, 0, 2, 9, 9];
+        for b in stream {
+            s.feed(&[b]).unwrap();
+        }
+        assert_eq!(s.messages, 2);
+        assert!(!s.mid_frame());
+        let mut s = FrameScan::new(10);
+        assert!(matches!(s.feed(&[0, 0, 0, 0, 11]), Err(ProxyError::MessageTooLarge { len: 11, limit: 10 })));
+    }
+}

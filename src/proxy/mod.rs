@@ -1,0 +1,351 @@
+//! The data path: classify a call, pick a cluster, stream the call there and back.
+//!
+//! [`Proxy::handle`] is the whole life of one gRPC call:
+//! 1. reject what is not gRPC (`415`/`405`), and `UpdateReplicateConfiguration` (switchyard
+//!    owns the topology);
+//! 2. classify the `:path` with the method table ([`crate::method`]);
+//! 3. load the routing snapshot once;
+//! 4. writes and unknown methods → the primary, through the write gate ([`write`]);
+//!    data reads → a standby chosen by consistency level, lag and load ([`Proxy::read`]);
+//!    metadata reads and control calls → the primary, unless `x-switchyard-cluster` names one;
+//! 5. stream the body to the cluster, and its answer back, recording the outcome.
+//!
+//! A read whose cluster cannot be reached before anything was sent moves to another
+//! cluster. A request that may have been sent is never sent again, except a write the
+//! cluster refused as not primary: Milvus refuses those before applying them.
+
+pub mod body;
+pub mod consistency;
+pub mod read;
+pub mod reply;
+pub mod response;
+pub mod server;
+mod write;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::body::{self as b, Body};
+use crate::config::ReadTarget;
+use crate::control::Control;
+use crate::error::ProxyError;
+use crate::method::{self, Kind, Method, ReadClass};
+use crate::proto::common::ConsistencyLevel;
+use crate::routing::{Cluster, InFlight, KindLabel, RoutingTable, cluster::RequestStats, policy};
+use crate::upstream::SendError;
+use body::RequestBody;
+use consistency::{LevelCache, RecentWrites};
+use response::{Outcome, ResponseBody};
+
+/// The metadata header naming a cluster for one call.
+pub const CLUSTER_HEADER: &str = "x-switchyard-cluster";
+
+/// Reads tried on this many clusters at most when they cannot be reached.
+const READ_ATTEMPTS: usize = 3;
+
+/// What the data path needs, shared by every connection.
+#[derive(Debug)]
+pub struct Proxy {
+    control: Arc<Control>,
+    max_message_size: usize,
+    levels: LevelCache,
+    /// Calls switchyard answered itself (no cluster).
+    pub local_stats: RequestStats,
+}
+
+/// Per-connection state.
+#[derive(Debug, Default)]
+pub struct ConnInfo {
+    /// Connection id, for logs.
+    pub id: u64,
+    /// Client address.
+    pub peer: Option<std::net::SocketAddr>,
+    /// This connection's recent writes (read-your-writes).
+    pub writes: RecentWrites,
+}
+
+/// What the router knows about one call.
+#[derive(Debug)]
+struct Call {
+    method: Option<&'static Method>,
+    kind: Kind,
+    label: KindLabel,
+    start: Instant,
+}
+
+impl Proxy {
+    /// A data path driven by a control side.
+    pub fn new(control: Arc<Control>, max_message_size: usize) -> Arc<Self> {
+        Arc::new(Self {
+            control,
+            max_message_size,
+            levels: LevelCache::default(),
+            local_stats: RequestStats::default(),
+        })
+    }
+
+    /// The control side.
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
+    /// Serves one call.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Body> {
+        if let Some(resp) = not_grpc(&req) {
+            return resp;
+        }
+        let method = method::lookup(req.uri().path());
+        let kind = method.map(|m| m.kind).unwrap_or(Kind::Write(method::WriteClass::Ddl));
+        let call = Call { method, kind, label: label(kind), start: Instant::now() };
+        let (label, start) = (call.label, call.start);
+        match self.route(req, call, &conn).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let st = e.status();
+                tracing::debug!(error = %st.message, "answered by switchyard");
+                self.local_stats.record(label, st.code, start.elapsed());
+                st.to_response()
+            }
+        }
+    }
+
+    async fn route(&self, req: Request<Incoming>, call: Call, conn: &ConnInfo) -> Result<Response<Body>, ProxyError> {
+        if call.method.is_some_and(|m| m.name == "UpdateReplicateConfiguration") {
+            return Err(ProxyError::ReplicateConfigRefused);
+        }
+        let table = self.control.routing().load_full();
+        let (mut parts, incoming) = req.into_parts();
+        let named = parts.headers.remove(CLUSTER_HEADER).and_then(|v| v.to_str().ok().map(str::to_string));
+        parts.headers.remove(http::header::HOST);
+        let mut body = RequestBody::new(incoming, self.max_message_size);
+        let method_name = call.method.map(|m| m.name).unwrap_or("");
+
+        match call.kind {
+            Kind::Write(_) => write::write(self, table, parts, body, &call, conn).await,
+            Kind::Control | Kind::Streaming => {
+                body.read_ahead(false).await?;
+                let target = match named {
+                    Some(n) => named_cluster(&table, &n)?,
+                    None => table
+                        .primary
+                        .clone()
+                        .or_else(|| table.readable.first().cloned())
+                        .ok_or_else(|| ProxyError::NoReadTarget { reason: "no cluster is up".into() })?,
+                };
+                self.forward(target, &table, parts, body, &call).await
+            }
+            Kind::Read(class) => {
+                let fields = if class == ReadClass::Data && read::has_level(method_name) {
+                    let ahead = body.read_ahead(true).await?;
+                    ahead.first_message.and_then(|m| read::decode(method_name, m))
+                } else {
+                    body.read_ahead(false).await?;
+                    None
+                };
+                if let Some(n) = named {
+                    let target = named_cluster(&table, &n)?;
+                    return self.forward(target, &table, parts, body, &call).await;
+                }
+                let db = db_of(&parts, fields.as_ref().map(|f| f.db_name.as_str()));
+                let level = match &fields {
+                    Some(f) if f.use_default => Some(self.default_level(&table, &parts, &db, &f.collection).await),
+                    Some(f) => Some(f.level),
+                    None => None,
+                };
+                let required = fields.as_ref().and_then(|f| {
+                    let window = table.policy.read_your_writes;
+                    (!window.is_zero())
+                        .then(|| conn.writes.required(&(db.clone(), f.collection.clone()), window))
+                        .flatten()
+                });
+                let target = policy::read_target(call.kind, level, &table.policy);
+                self.read(&table, target, required, parts, body, &call).await
+            }
+        }
+    }
+
+    /// The collection's own consistency level, from the cache or `DescribeCollection` on
+    /// the primary. When it cannot be learnt, Bounded (Milvus's default for new collections).
+    async fn default_level(
+        &self,
+        table: &RoutingTable,
+        parts: &http::request::Parts,
+        db: &str,
+        collection: &str,
+    ) -> ConsistencyLevel {
+        let key = (db.to_string(), collection.to_string());
+        if let Some(l) = self.levels.get(&key) {
+            return l;
+        }
+        let Some(primary) = table.primary.clone() else { return ConsistencyLevel::Bounded };
+        let mut opts = crate::grpc::client::CallOptions::timeout(std::time::Duration::from_secs(2));
+        opts.metadata.push(("dbname", db.to_string()));
+        match parts.headers.get("authorization").and_then(|v| v.to_str().ok()) {
+            // The client's own credentials: it may read what it asks to search.
+            Some(a) => opts.metadata.push(("authorization", a.to_string())),
+            None => opts = opts.with_token(primary.token()),
+        }
+        let req = crate::proto::milvus::DescribeCollectionRequest {
+            db_name: db.to_string(),
+            collection_name: collection.to_string(),
+            ..Default::default()
+        };
+        match crate::grpc::client::unary::<_, crate::proto::milvus::DescribeCollectionResponse>(
+            &primary.upstream,
+            "DescribeCollection",
+            &req,
+            &opts,
+        )
+        .await
+        {
+            Ok(r) if r.status.as_ref().is_none_or(|s| s.code == 0 && s.error_code == 0) => {
+                let l = ConsistencyLevel::try_from(r.consistency_level).unwrap_or(ConsistencyLevel::Bounded);
+                self.levels.put(key, l);
+                l
+            }
+            other => {
+                tracing::debug!(collection, result = ?other.err(), "default consistency level unknown; using Bounded");
+                ConsistencyLevel::Bounded
+            }
+        }
+    }
+
+    /// Sends a read, moving to another cluster while attempts are never sent.
+    async fn read(
+        &self,
+        table: &RoutingTable,
+        target: ReadTarget,
+        required: Option<u64>,
+        parts: http::request::Parts,
+        body: RequestBody,
+        call: &Call,
+    ) -> Result<Response<Body>, ProxyError> {
+        let mut tried: Vec<Arc<Cluster>> = Vec::new();
+        let mut req = Request::from_parts(parts, b::boxed(body));
+        let primary = table.primary.clone();
+        // Read-your-writes: a standby serves this read only once it has applied the write.
+        let caught_up = |c: &Cluster| {
+            let is_primary = primary.as_ref().is_some_and(|p| std::ptr::eq(&**p, c));
+            is_primary || required.is_none_or(|t| c.signals.checkpoint.load(std::sync::atomic::Ordering::Relaxed) >= t)
+        };
+        loop {
+            let Some(cluster) = policy::pick_read_where(table, target, &tried, caught_up) else {
+                return Err(match tried.last() {
+                    Some(c) => {
+                        ProxyError::NotSent { cluster: c.id.to_string(), detail: "no other cluster to try".into() }
+                    }
+                    None => ProxyError::NoReadTarget { reason: "no primary and no serving standby".into() },
+                });
+            };
+            strip_foreign_identifier(&mut req, table, &cluster);
+            match self.send(&cluster, req, call).await {
+                Ok(resp) => return Ok(resp),
+                Err(SendError::NotSent(e, back)) if tried.len() + 1 < READ_ATTEMPTS => {
+                    tracing::warn!(cluster = %cluster.id, error = %e, "read not sent; trying another cluster");
+                    tried.push(cluster);
+                    req = *back;
+                }
+                Err(e) => return Err(self.send_error(&cluster, e)),
+            }
+        }
+    }
+
+    /// Sends to one cluster, with no second attempt.
+    async fn forward(
+        &self,
+        cluster: Arc<Cluster>,
+        table: &RoutingTable,
+        parts: http::request::Parts,
+        body: RequestBody,
+        call: &Call,
+    ) -> Result<Response<Body>, ProxyError> {
+        let mut req = Request::from_parts(parts, b::boxed(body));
+        strip_foreign_identifier(&mut req, table, &cluster);
+        self.send(&cluster, req, call).await.map_err(|e| self.send_error(&cluster, e))
+    }
+
+    /// Sends and wraps the answer so the outcome is recorded when it ends.
+    async fn send(&self, cluster: &Arc<Cluster>, req: Request<Body>, call: &Call) -> Result<Response<Body>, SendError> {
+        let in_flight = InFlight::new(cluster.clone());
+        let resp = cluster.upstream.send(req).await?;
+        cluster.signals.transport_ok();
+        let mut outcome = Outcome::new(in_flight, call.label, call.start);
+        if let Some(st) = crate::grpc::GrpcStatus::from_headers(resp.headers()) {
+            outcome.set_code(st.code);
+        }
+        Ok(resp.map(|inc| b::boxed(ResponseBody::new(inc, outcome))))
+    }
+
+    /// Maps a transport failure to switchyard's error, counting it for passive ejection.
+    fn send_error(&self, cluster: &Arc<Cluster>, e: SendError) -> ProxyError {
+        let fails = cluster.signals.transport_failed();
+        if fails >= self.control.config().health.fall {
+            cluster.signals.kick.notify_one();
+        }
+        match e {
+            SendError::NotSent(e, _) => ProxyError::NotSent { cluster: cluster.id.to_string(), detail: e.to_string() },
+            SendError::Sent(e) => ProxyError::MaybeSent { cluster: cluster.id.to_string(), detail: e.to_string() },
+        }
+    }
+}
+
+/// The database a call addresses: the request's own field, else the `dbname` header.
+fn db_of(parts: &http::request::Parts, field: Option<&str>) -> String {
+    match field.filter(|d| !d.is_empty()) {
+        Some(d) => d.to_string(),
+        None => parts.headers.get("dbname").and_then(|v| v.to_str().ok()).unwrap_or("default").to_string(),
+    }
+}
+
+fn named_cluster(table: &RoutingTable, name: &str) -> Result<Arc<Cluster>, ProxyError> {
+    if table.is_fenced(name) {
+        return Err(ProxyError::Fenced(name.to_string()));
+    }
+    table.cluster(name).cloned().ok_or_else(|| ProxyError::UnknownCluster(name.to_string()))
+}
+
+/// `Connect` is answered by the primary, so the `identifier` a client sends belongs to it.
+/// Milvus uses it only to track client connections, and it means nothing to another
+/// cluster, so it is not sent there.
+fn strip_foreign_identifier(req: &mut Request<Body>, table: &RoutingTable, target: &Arc<Cluster>) {
+    let is_primary = table.primary.as_ref().is_some_and(|p| Arc::ptr_eq(p, target));
+    if !is_primary {
+        req.headers_mut().remove("identifier");
+    }
+}
+
+fn label(kind: Kind) -> KindLabel {
+    match kind {
+        Kind::Write(_) => KindLabel::Write,
+        Kind::Read(_) => KindLabel::Read,
+        Kind::Control | Kind::Streaming => KindLabel::Control,
+    }
+}
+
+/// An HTTP answer for requests that are not gRPC at all.
+fn not_grpc(req: &Request<Incoming>) -> Option<Response<Body>> {
+    let ct = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let is_grpc =
+        ct == "application/grpc" || ct.starts_with("application/grpc+") || ct.starts_with("application/grpc;");
+    let problem = if !is_grpc {
+        Some((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "switchyard: not a gRPC request (content-type {ct:?}); this endpoint speaks gRPC (application/grpc) over HTTP/2\n"
+            ),
+        ))
+    } else if req.method() != http::Method::POST {
+        Some((StatusCode::METHOD_NOT_ALLOWED, format!("switchyard: gRPC calls use POST, not {}\n", req.method())))
+    } else {
+        None
+    };
+    problem.map(|(status, text)| {
+        let mut resp = Response::new(b::full(text));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        resp
+    })
+}

@@ -1,0 +1,172 @@
+//! Planned switchover, force failover, and the operations around them.
+//!
+//! The [`Orchestrator`] checks preconditions, then runs each role change as an asynchronous
+//! job with an id and per-step timings ([`job`]). A switchover holds writes at the gate,
+//! drains in-flight writes, sends the re-centred configuration to the old primary, then to
+//! the target (whose call returns once it has promoted), then to the other standbys,
+//! persists the topology, swaps the routing table and releases the held writes to the new
+//! primary ([`run`]). A failover fences the old primary first and force-promotes the target
+//! ([`failover`]). Before any cluster is told anything, the job is persisted, so a proxy
+//! restarted mid-job finishes or rolls it back ([`Orchestrator::recover`]).
+
+pub mod drill;
+pub mod failover;
+pub mod job;
+pub mod plan;
+pub mod run;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex as AsyncMutex;
+use tokio::task::JoinHandle;
+
+use crate::control::Control;
+use crate::gate::HoldKey;
+use crate::topology::{ProxyState, Topology};
+pub use job::{JobRecord, JobState, Jobs};
+
+/// Why an operation was refused before it started. Nothing was changed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+/// Starts and tracks role changes.
+#[derive(Debug)]
+pub struct Orchestrator {
+    control: Arc<Control>,
+    /// Every job.
+    pub jobs: Arc<Jobs>,
+    pause: AsyncMutex<Option<JoinHandle<()>>>,
+    last_failover: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Orchestrator {
+    /// An orchestrator over a control side.
+    pub fn new(control: Arc<Control>) -> Arc<Self> {
+        Arc::new(Self {
+            control,
+            jobs: Arc::new(Jobs::default()),
+            pause: AsyncMutex::new(None),
+            last_failover: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The control side.
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
+    /// Checks a switchover's preconditions and starts it. Returns the job id.
+    pub async fn switchover(self: &Arc<Self>, target: &str, expected_primary: Option<&str>) -> Result<String, Refusal> {
+        let plan = run::preconditions(&self.control, target, expected_primary).await?;
+        let log = self.jobs.begin("switchover", plan.from.clone(), target).map_err(Refusal)?;
+        let id = log.id().to_string();
+        let me = self.clone();
+        let span = tracing::info_span!("switchover", job = %id, from = ?plan.from, to = %target);
+        tokio::spawn(tracing::Instrument::instrument(async move { run::run(&me.control, log, plan).await }, span));
+        Ok(id)
+    }
+
+    /// Starts a force failover to `target`, or to the healthy standby with the least lag.
+    pub async fn failover(self: &Arc<Self>, target: Option<&str>) -> Result<String, Refusal> {
+        let plan = failover::plan(&self.control, target)?;
+        let log = self.jobs.begin("failover", plan.from.clone(), &plan.target).map_err(Refusal)?;
+        let id = log.id().to_string();
+        *self.last_failover.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+        let me = self.clone();
+        let span = tracing::info_span!("failover", job = %id, from = ?plan.from, to = %plan.target);
+        tokio::spawn(tracing::Instrument::instrument(async move { failover::run(&me.control, log, plan).await }, span));
+        Ok(id)
+    }
+
+    /// Starts a drill: switchover to `target`, a write and a read there, switchover back.
+    pub async fn drill(self: &Arc<Self>, target: &str) -> Result<String, Refusal> {
+        let from = self.control.topology().primary.clone();
+        run::preconditions(&self.control, target, from.as_deref()).await?;
+        let log = self.jobs.begin("drill", from, target).map_err(Refusal)?;
+        let id = log.id().to_string();
+        let me = self.clone();
+        let target = target.to_string();
+        let span = tracing::info_span!("drill", job = %id, to = %target);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move { drill::drill(&me.control, &me.jobs, log, target).await },
+            span,
+        ));
+        Ok(id)
+    }
+
+    /// Takes a fenced or rebuilt cluster back as a standby.
+    pub fn readmit(&self, id: &str) -> Result<Topology, Refusal> {
+        let c = &self.control;
+        if c.cluster(id).is_none() {
+            return Err(Refusal(format!("unknown cluster {id:?}")));
+        }
+        let mut t = c.topology();
+        if !t.fenced.iter().any(|f| f == id) && !t.rebuild.iter().any(|f| f == id) {
+            return Err(Refusal(format!("cluster {id} is neither fenced nor waiting for a rebuild")));
+        }
+        t.fenced.retain(|f| f != id);
+        t.rebuild.retain(|f| f != id);
+        if !t.standbys.iter().any(|s| s == id) && t.primary.as_deref() != Some(id) {
+            t.standbys.push(id.to_string());
+        }
+        t.epoch += 1;
+        c.commit(t.clone()).map_err(|e| Refusal(format!("cannot persist the topology: {e}")))?;
+        tracing::info!(cluster = id, "readmitted as a standby");
+        Ok(t)
+    }
+
+    /// Holds writes for `timeout`, then resumes by itself.
+    pub async fn pause_writes(self: &Arc<Self>, timeout: Duration) -> ProxyState {
+        let c = self.control.clone();
+        c.gate.hold(HoldKey::Pause, format!("writes paused by an operator for {timeout:?}"));
+        c.publish();
+        let mut slot = self.pause.lock().await;
+        if let Some(old) = slot.take() {
+            old.abort();
+        }
+        *slot = Some(tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            tracing::info!("write pause ended by its timeout");
+            c.gate.release(HoldKey::Pause);
+            c.publish();
+        }));
+        self.control.routing().load().state
+    }
+
+    /// Ends a pause.
+    pub async fn resume_writes(&self) -> ProxyState {
+        if let Some(t) = self.pause.lock().await.take() {
+            t.abort();
+        }
+        self.control.gate.release(HoldKey::Pause);
+        self.control.publish();
+        self.control.routing().load().state
+    }
+
+    /// Finishes or rolls back a job that a previous run of the proxy left half done.
+    pub async fn recover(&self) {
+        if let Some(job) = self.control.pending_job() {
+            run::recover(&self.control, job).await;
+        }
+    }
+
+    /// Starts automatic failover (when enabled in the config, checked at every round).
+    pub fn spawn_auto_failover(self: &Arc<Self>) -> JoinHandle<()> {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let Some(o) = me.upgrade() else { return };
+                let last = *o.last_failover.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(reason) = failover::auto_due(&o.control, last) {
+                    tracing::warn!(reason = %reason, "automatic failover");
+                    if let Err(e) = o.failover(None).await {
+                        tracing::warn!(error = %e, "automatic failover not started");
+                    }
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,304 @@
+//! The planned switchover, step by step, and recovery of one cut short by a restart.
+
+use std::time::{Duration, Instant};
+
+use super::Refusal;
+use super::job::{JobLog, JobState};
+use super::plan::{self, SendConfigError};
+use crate::control::discovery;
+use crate::control::{ChangeKind, ChangeResult, Control};
+use crate::gate::HoldKey;
+use crate::proto::common::ReplicateConfiguration;
+use crate::state::{ConfigRecord, PendingJob};
+use crate::topology::ProxyState;
+
+/// A checked switchover.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The primary now.
+    pub from: Option<String>,
+    /// The new primary.
+    pub target: String,
+    /// The configuration in force (tokens restored).
+    pub old: ReplicateConfiguration,
+    /// The configuration centred on the target.
+    pub new: ReplicateConfiguration,
+}
+
+/// Checks every precondition; each refusal names its reason and changes nothing.
+pub async fn preconditions(c: &Control, target: &str, expected: Option<&str>) -> Result<Plan, Refusal> {
+    let refuse = |s: String| Err(Refusal(s));
+    let table = c.routing().load_full();
+    if table.state != ProxyState::Running {
+        return refuse(format!("state is {}, not RUNNING", table.state.as_str()));
+    }
+    let topo = c.topology();
+    let Some(from) = topo.primary.clone() else { return refuse("there is no primary to switch over from".into()) };
+    if let Some(e) = expected {
+        if e != from {
+            return refuse(format!("expected primary {e} but the primary is {from}"));
+        }
+    }
+    if target == from {
+        return refuse(format!("{target} is already the primary"));
+    }
+    if c.cluster(target).is_none() {
+        return refuse(format!("unknown cluster {target:?}"));
+    }
+    if !topo.is_serving_standby(target) {
+        return refuse(format!("{target} is not a serving standby (fenced or waiting for a rebuild)"));
+    }
+    let view = c.view(target).unwrap_or_default();
+    if !view.up {
+        return refuse(format!(
+            "{target} is not healthy{}",
+            view.last_error.map(|e| format!(": {e}")).unwrap_or_default()
+        ));
+    }
+    let max_lag = c.config().switchover.max_lag;
+    match view.lag {
+        None => return refuse(format!("the replication lag of {target} is unknown (no checkpoint from {from})")),
+        Some(l) if l > max_lag => {
+            return refuse(format!("{target} lags {l:?} behind {from}, more than switchover.max_lag ({max_lag:?})"));
+        }
+        Some(_) => {}
+    }
+    let views = discovery::views(c).await;
+    if let Some((id, p)) = views.iter().find(|(_, p)| *p != from) {
+        return refuse(format!(
+            "the clusters' own configuration disagrees with the routing table: {id} says {p} is primary"
+        ));
+    }
+    let from_cluster = c.cluster(&from).ok_or_else(|| Refusal(format!("unknown cluster {from:?}")))?;
+    let current = discovery::read_config(&from_cluster, c.config().health.timeout.max(Duration::from_secs(2)))
+        .await
+        .map_err(|e| Refusal(format!("cannot read the replicate configuration of {from}: {e}")))?
+        .filter(|cfg| !cfg.clusters.is_empty())
+        .ok_or_else(|| Refusal(format!("replication is not configured on {from}")))?;
+    if !current.clusters.iter().any(|m| m.cluster_id == target) {
+        return refuse(format!("{target} is not in the replicate configuration of {from}"));
+    }
+    Ok(Plan {
+        from: Some(from.clone()),
+        target: target.to_string(),
+        old: plan::recentred(c, &current, &from),
+        new: plan::recentred(c, &current, target),
+    })
+}
+
+/// Runs a checked switchover to its end.
+pub async fn run(c: &Control, mut log: JobLog, plan: Plan) {
+    let started = Instant::now();
+    let held_before = c.gate.held_total.load(std::sync::atomic::Ordering::Relaxed);
+    c.gate.longest_hold_us.store(0, std::sync::atomic::Ordering::Relaxed);
+    let cfg = c.config();
+    let from = plan.from.clone().unwrap_or_default();
+    let target = plan.target.clone();
+    let (Some(a), Some(b)) = (c.cluster(&from), c.cluster(&target)) else {
+        log.finish(JobState::Failed, Some("a cluster of the plan is no longer configured".into()));
+        return;
+    };
+
+    log.step("hold writes");
+    c.gate.hold(HoldKey::Switchover, format!("switchover to {target}"));
+    c.set_state(ProxyState::Switching);
+    log.done(format!("new writes are held; {} writes in flight", c.gate.writes_in_flight()));
+
+    log.step(&format!("drain in-flight writes to {from}"));
+    if !c.gate.drain(cfg.switchover.drain_timeout).await {
+        let reason = format!(
+            "{} writes still in flight to {from} after drain_timeout ({:?})",
+            c.gate.writes_in_flight(),
+            cfg.switchover.drain_timeout
+        );
+        return abandon(c, &mut log, held_before, &reason);
+    }
+    log.done("no write in flight");
+
+    log.step("persist intent");
+    let pending = PendingJob {
+        id: log.id().to_string(),
+        kind: "switchover".into(),
+        from: plan.from.clone(),
+        to: target.clone(),
+        old_config: Some(ConfigRecord::from_config(&plan.old)),
+        new_config: Some(ConfigRecord::from_config(&plan.new)),
+    };
+    if let Err(e) = c.record_job(Some(pending)) {
+        return abandon(c, &mut log, held_before, &format!("cannot persist the job: {e}"));
+    }
+    log.done("");
+
+    log.step(&format!("demote {from}"));
+    let deadline = cfg.switchover.promote_timeout;
+    match plan::send(&a, &plan.new, false, deadline).await {
+        Ok(()) => log.done(format!("{from} rejects writes from now on")),
+        Err(SendConfigError::Refused { reason, .. }) => {
+            let _ = c.record_job(None);
+            return abandon(c, &mut log, held_before, &format!("{from} refused the new configuration: {reason}"));
+        }
+        Err(e) => return roll_back(c, &mut log, &plan, held_before, &e.to_string()).await,
+    }
+
+    log.step(&format!("promote {target}"));
+    let left = deadline.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
+    if let Err(e) = plan::send(&b, &plan.new, false, left).await {
+        let reason = format!("{target} did not finish promotion within promote_timeout ({deadline:?}): {e}");
+        return roll_back(c, &mut log, &plan, held_before, &reason).await;
+    }
+    log.done(format!("{target} applied {from}'s remaining log and promoted"));
+
+    let others: Vec<String> =
+        plan.new.clusters.iter().map(|m| m.cluster_id.clone()).filter(|id| *id != from && *id != target).collect();
+    if !others.is_empty() {
+        log.step("repoint other standbys");
+        let mut notes = Vec::new();
+        for id in &others {
+            if let Some(cl) = c.cluster(id) {
+                match plan::send(&cl, &plan.new, false, Duration::from_secs(10)).await {
+                    Ok(()) => notes.push(format!("{id}: ok")),
+                    Err(e) => notes.push(format!("{id}: {e}")),
+                }
+            }
+        }
+        log.done(notes.join("; "));
+    }
+
+    log.step("persist topology and swap routing");
+    let topo = c.topology().promoted(&target);
+    let epoch = topo.epoch;
+    if let Err(e) = c.commit(topo) {
+        // The clusters have switched; routing must not guess. Fail closed.
+        c.set_abnormal(Some(format!("switchover to {target} done on the clusters but not persisted: {e}")));
+        c.gate.release(HoldKey::Switchover);
+        c.count_change(ChangeKind::Switchover, ChangeResult::Failed);
+        log.finish(JobState::Failed, Some(format!("cannot persist the topology: {e}")));
+        return;
+    }
+    log.done(format!("epoch {epoch}, primary {target}"));
+
+    log.step("release held writes");
+    c.set_state(ProxyState::Running);
+    c.gate.release(HoldKey::Switchover);
+    c.publish();
+    let held = c.gate.held_total.load(std::sync::atomic::Ordering::Relaxed) - held_before;
+    log.done(format!("{held} held writes released to {target}"));
+    record_holds(c, &log, held_before);
+    c.count_change(ChangeKind::Switchover, ChangeResult::Succeeded);
+    log.finish(JobState::Succeeded, None);
+}
+
+fn record_holds(c: &Control, log: &JobLog, held_before: u64) {
+    let held = c.gate.held_total.load(std::sync::atomic::Ordering::Relaxed) - held_before;
+    let longest = c.gate.longest_hold_us.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e3;
+    log.edit(|j| {
+        j.held_writes = held;
+        j.longest_hold_ms = longest;
+    });
+}
+
+/// Gives up before any cluster changed: release the held writes to the old primary.
+fn abandon(c: &Control, log: &mut JobLog, held_before: u64, reason: &str) {
+    tracing::warn!(reason, "switchover abandoned before any change");
+    c.set_state(ProxyState::Running);
+    c.gate.release(HoldKey::Switchover);
+    c.publish();
+    record_holds(c, log, held_before);
+    c.count_change(ChangeKind::Switchover, ChangeResult::RolledBack);
+    log.finish(JobState::RolledBack, Some(reason.to_string()));
+}
+
+/// Undoes a switchover whose target did not promote: the old configuration to the target
+/// (replacing its pending one), then to the old primary (which takes writes again).
+async fn roll_back(c: &Control, log: &mut JobLog, plan: &Plan, held_before: u64, reason: &str) {
+    log.done(reason.to_string());
+    log.step("roll back");
+    let outcome = restore(c, plan.from.as_deref().unwrap_or_default(), &plan.target, &plan.old).await;
+    match outcome {
+        Ok(()) => {
+            let _ = c.record_job(None);
+            log.done(format!("{} is primary again", plan.from.as_deref().unwrap_or("?")));
+            abandon(c, log, held_before, reason);
+        }
+        Err(e) => {
+            let why =
+                format!("switchover to {} failed ({reason}) and the roll back did not confirm ({e})", plan.target);
+            c.set_state(ProxyState::Running);
+            c.set_abnormal(Some(why.clone()));
+            c.gate.release(HoldKey::Switchover);
+            record_holds(c, log, held_before);
+            c.count_change(ChangeKind::Switchover, ChangeResult::Failed);
+            log.finish(JobState::Failed, Some(why));
+        }
+    }
+}
+
+/// Sends `old` to `target` then `from`, and checks every cluster names `from` again.
+async fn restore(c: &Control, from: &str, target: &str, old: &ReplicateConfiguration) -> Result<(), String> {
+    let t = Duration::from_secs(10);
+    if let Some(b) = c.cluster(target) {
+        plan::send(&b, old, false, t).await.map_err(|e| e.to_string())?;
+    }
+    if let Some(a) = c.cluster(from) {
+        plan::send(&a, old, false, t).await.map_err(|e| e.to_string())?;
+    }
+    let views = discovery::views(c).await;
+    match views.iter().find(|(_, p)| p != from) {
+        None => Ok(()),
+        Some((id, p)) => Err(format!("{id} still says {p} is primary")),
+    }
+}
+
+/// Finishes or rolls back a job left by a previous run.
+pub async fn recover(c: &Control, job: PendingJob) {
+    tracing::warn!(job = %job.id, kind = %job.kind, to = %job.to, "recovering a job cut short by a restart");
+    let Some(target) = c.cluster(&job.to) else {
+        c.set_abnormal(Some(format!("job {} names unknown cluster {}", job.id, job.to)));
+        return;
+    };
+    let t = Duration::from_secs(5);
+    let target_cfg = discovery::read_config(&target, t).await;
+    let promoted = matches!(&target_cfg, Ok(Some(cfg)) if discovery::primary_of(&job.to, Some(cfg)) == job.to);
+    if promoted {
+        let mut topo = c.topology();
+        if topo.primary.as_deref() != Some(job.to.as_str()) {
+            topo = topo.promoted(&job.to);
+        }
+        match c.commit(topo) {
+            Ok(()) => tracing::info!(job = %job.id, "job finished after restart: {} is primary", job.to),
+            Err(e) => c.set_abnormal(Some(format!("cannot persist the recovered topology: {e}"))),
+        }
+        return;
+    }
+    if job.kind == "failover" {
+        let current = target_cfg.ok().flatten().unwrap_or_default();
+        match plan::force_promote(c, &target, &current, Duration::from_secs(30)).await {
+            Ok(_) => {
+                let topo = c.topology().promoted(&job.to);
+                if let Err(e) = c.commit(topo) {
+                    c.set_abnormal(Some(format!("cannot persist the recovered topology: {e}")));
+                }
+            }
+            Err(e) => c.set_abnormal(Some(format!("failover to {} could not be finished after restart: {e}", job.to))),
+        }
+        return;
+    }
+    let from = job.from.clone().unwrap_or_default();
+    let source = match discovery::read_config(&target, t).await {
+        Ok(Some(cfg)) if !cfg.clusters.is_empty() => Some(cfg),
+        _ => None,
+    };
+    let Some(current) = source else {
+        c.set_abnormal(Some(format!("job {}: cannot read a configuration to roll back with", job.id)));
+        return;
+    };
+    let old = plan::recentred(c, &current, &from);
+    match restore(c, &from, &job.to, &old).await {
+        Ok(()) => {
+            let _ = c.record_job(None);
+            c.count_change(ChangeKind::Switchover, ChangeResult::RolledBack);
+            tracing::info!(job = %job.id, "job rolled back after restart: {from} is primary");
+        }
+        Err(e) => c.set_abnormal(Some(format!("job {} could not be rolled back after restart: {e}", job.id))),
+    }
+}
