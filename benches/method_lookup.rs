@@ -40,18 +40,12 @@ const MISS_METHOD: &str = "/milvus.proto.milvus.MilvusService/NoSuchMethodInThis
 const MISS_SERVICE: &str = "/grpc.health.v1.Health/Check";
 
 fn all_paths() -> Vec<String> {
-    method::all()
-        .iter()
-        .map(|m| format!("{SERVICE_PREFIX}{}", m.name))
-        .collect()
+    method::all().iter().map(|m| format!("{SERVICE_PREFIX}{}", m.name)).collect()
 }
 
 /// Looks up every path once; returns how many were found, so nothing is optimised away.
 fn pass(paths: &[String]) -> usize {
-    paths
-        .iter()
-        .filter(|p| method::lookup(black_box(p.as_str())).is_some())
-        .count()
+    paths.iter().filter(|p| method::lookup(black_box(p.as_str())).is_some()).count()
 }
 
 fn single_thread(c: &mut Criterion) {
@@ -63,16 +57,10 @@ fn single_thread(c: &mut Criterion) {
     let mut g = c.benchmark_group("lookup");
     g.throughput(Throughput::Elements(1));
     g.bench_function("hit Search", |b| b.iter(|| method::lookup(black_box(HIT))));
-    g.bench_function("miss unknown method", |b| {
-        b.iter(|| method::lookup(black_box(MISS_METHOD)))
-    });
-    g.bench_function("miss other service", |b| {
-        b.iter(|| method::lookup(black_box(MISS_SERVICE)))
-    });
+    g.bench_function("miss unknown method", |b| b.iter(|| method::lookup(black_box(MISS_METHOD))));
+    g.bench_function("miss other service", |b| b.iter(|| method::lookup(black_box(MISS_SERVICE))));
     g.throughput(Throughput::Elements(paths.len() as u64));
-    g.bench_function(format!("all {} paths", paths.len()), |b| {
-        b.iter(|| pass(&paths))
-    });
+    g.bench_function(format!("all {} paths", paths.len()), |b| b.iter(|| pass(&paths)));
     g.finish();
 }
 
@@ -81,11 +69,9 @@ fn contended(c: &mut Criterion) {
     let mut g = c.benchmark_group("lookup_contended");
     for threads in [1usize, 2, 4] {
         g.throughput(Throughput::Elements((threads * paths.len()) as u64));
-        g.bench_with_input(
-            BenchmarkId::new("threads", threads),
-            &threads,
-            |b, &threads| b.iter_custom(|iters| hammer(&paths, threads, iters)),
-        );
+        g.bench_with_input(BenchmarkId::new("threads", threads), &threads, |b, &threads| {
+            b.iter_custom(|iters| hammer(&paths, threads, iters))
+        });
     }
     g.finish();
 }

@@ -80,9 +80,7 @@ impl Answers {
         let mut trailers = HeaderMap::new();
         GrpcStatus::new(Code::Ok, "").write_to(&mut trailers);
         Self {
-            search: grpc::frame::frame_bytes(&search_results(
-                SEARCH_FRAME_LEN - grpc::frame::HEADER_LEN,
-            )),
+            search: grpc::frame::frame_bytes(&search_results(SEARCH_FRAME_LEN - grpc::frame::HEADER_LEN)),
             insert: grpc::encode_frame(&insert),
             status: grpc::encode_frame(&ok),
             trailers,
@@ -102,10 +100,7 @@ impl Answers {
 
 fn main() -> Result<(), BoxError> {
     let args = Args::parse();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(serve(args.listen))
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(serve(args.listen))
 }
 
 async fn serve(addr: SocketAddr) -> Result<(), BoxError> {
@@ -148,16 +143,10 @@ async fn serve(addr: SocketAddr) -> Result<(), BoxError> {
 
 async fn handle(req: Request<Incoming>, answers: Answers) -> Result<Response<Body>, BoxError> {
     if req.method() == Method::GET && req.uri().path() == "/canned/stats" {
-        let json = format!(
-            "{{\"requests\":{},\"request_bytes\":{}}}",
-            REQUESTS.load(Relaxed),
-            REQUEST_BYTES.load(Relaxed)
-        );
+        let json =
+            format!("{{\"requests\":{},\"request_bytes\":{}}}", REQUESTS.load(Relaxed), REQUEST_BYTES.load(Relaxed));
         let mut resp = Response::new(body::full(json));
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         return Ok(resp);
     }
     if req.method() != Method::POST {
@@ -176,14 +165,8 @@ async fn handle(req: Request<Incoming>, answers: Answers) -> Result<Response<Bod
     REQUESTS.fetch_add(1, Relaxed);
     REQUEST_BYTES.fetch_add(received, Relaxed);
 
-    let mut resp = Response::new(body::boxed(Unary {
-        message: Some(message),
-        trailers: Some(answers.trailers),
-    }));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(grpc::CONTENT_TYPE),
-    );
+    let mut resp = Response::new(body::boxed(Unary { message: Some(message), trailers: Some(answers.trailers) }));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(grpc::CONTENT_TYPE));
     Ok(resp)
 }
 
@@ -198,10 +181,7 @@ impl HttpBody for Unary {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         if let Some(message) = self.message.take() {
             return Poll::Ready(Some(Ok(Frame::data(message))));
         }
@@ -258,12 +238,7 @@ fn search_results(len: usize) -> Vec<u8> {
         .checked_sub(out.len() + 2)
         .filter(|n| *n < 128)
         .expect("search answer size leaves room for a short collection name");
-    let name: Vec<u8> = b"canned_bench_collection_"
-        .iter()
-        .copied()
-        .cycle()
-        .take(name_len)
-        .collect();
+    let name: Vec<u8> = b"canned_bench_collection_".iter().copied().cycle().take(name_len).collect();
     field_bytes(&mut out, 3, &name);
     assert_eq!(out.len(), len);
     out
@@ -295,9 +270,6 @@ mod tests {
         assert_eq!(super::search_results(256).len(), 256);
         let answers = super::Answers::new();
         assert_eq!(answers.search.len(), super::SEARCH_FRAME_LEN);
-        assert_eq!(
-            answers.for_path("/milvus.proto.milvus.MilvusService/Insert"),
-            answers.insert
-        );
+        assert_eq!(answers.for_path("/milvus.proto.milvus.MilvusService/Insert"), answers.insert);
     }
 }
