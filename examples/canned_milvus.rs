@@ -14,10 +14,12 @@
 //!   - `.../Search`: a 261-byte frame holding a valid `milvus.proto.milvus.SearchResults`
 //!     (10 hits with ids, scores and a collection name);
 //!   - `.../Insert`: a `MutationResult` with an OK status;
+//!   - `.../CheckHealth`: healthy, so a proxy's health probes keep the upstream in service;
 //!   - anything else: an OK `common.Status`.
-//! - `GET /canned/stats` answers `{"requests":N,"request_bytes":N}` as JSON (requests counts
-//!   finished POSTs, request_bytes their bodies), so a benchmark can check that every request
-//!   really reached the upstream.
+//! - `GET /canned/stats` answers JSON counts of finished POSTs: `requests` (all of them),
+//!   `request_bytes` (their bodies), and `Search`, `Insert`, `other` by method, so a benchmark
+//!   can check that every request it sent reached the upstream, whatever a proxy's own
+//!   probes add.
 //! - Flow-control windows are large (16 MiB per stream, 64 MiB per connection) so that 8 MiB
 //!   insert bodies flow without waiting for window updates.
 
@@ -47,8 +49,33 @@ const STREAM_WINDOW: u32 = 16 << 20;
 const CONNECTION_WINDOW: u32 = 64 << 20;
 const MAX_FRAME: u32 = 1 << 20;
 
-static REQUESTS: AtomicU64 = AtomicU64::new(0);
 static REQUEST_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Finished POSTs by [`Call`].
+static CALLS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+/// The calls answered differently, and counted apart.
+#[derive(Debug, Clone, Copy)]
+enum Call {
+    Search = 0,
+    Insert = 1,
+    CheckHealth = 2,
+    Other = 3,
+}
+
+impl Call {
+    fn of(path: &str) -> Call {
+        match path.rsplit_once('/').map_or("", |(_, method)| method) {
+            "Search" => Call::Search,
+            "Insert" => Call::Insert,
+            "CheckHealth" => Call::CheckHealth,
+            _ => Call::Other,
+        }
+    }
+
+    fn count(self) -> u64 {
+        CALLS[self as usize].load(Relaxed)
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(about = "A canned Milvus gRPC upstream for benchmarks")]
@@ -58,11 +85,12 @@ struct Args {
     listen: SocketAddr,
 }
 
-/// The three answers, framed once at start-up and shared by reference count.
+/// The answers, framed once at start-up and shared by reference count.
 #[derive(Debug, Clone)]
 struct Answers {
     search: Bytes,
     insert: Bytes,
+    health: Bytes,
     status: Bytes,
     trailers: HeaderMap,
 }
@@ -77,23 +105,24 @@ impl Answers {
             timestamp: 449_000_000_000_000_000,
             ..Default::default()
         };
+        let health = milvus::CheckHealthResponse { status: Some(ok.clone()), is_healthy: true, reasons: vec![] };
         let mut trailers = HeaderMap::new();
         GrpcStatus::new(Code::Ok, "").write_to(&mut trailers);
         Self {
             search: grpc::frame::frame_bytes(&search_results(SEARCH_FRAME_LEN - grpc::frame::HEADER_LEN)),
             insert: grpc::encode_frame(&insert),
+            health: grpc::encode_frame(&health),
             status: grpc::encode_frame(&ok),
             trailers,
         }
     }
 
-    fn for_path(&self, path: &str) -> Bytes {
-        if path.ends_with("/Search") {
-            self.search.clone()
-        } else if path.ends_with("/Insert") {
-            self.insert.clone()
-        } else {
-            self.status.clone()
+    fn for_call(&self, call: Call) -> Bytes {
+        match call {
+            Call::Search => self.search.clone(),
+            Call::Insert => self.insert.clone(),
+            Call::CheckHealth => self.health.clone(),
+            Call::Other => self.status.clone(),
         }
     }
 }
@@ -105,13 +134,8 @@ fn main() -> Result<(), BoxError> {
 
 async fn serve(addr: SocketAddr) -> Result<(), BoxError> {
     let listener = TcpListener::bind(addr).await?;
-    // Scripts wait for this exact line; println! flushes at the newline only on a tty.
-    {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "canned-milvus listening on {}", listener.local_addr()?)?;
-        out.flush()?;
-    }
+    // Scripts wait for this exact line (stdout is line-buffered, so it goes out at once).
+    println!("canned-milvus listening on {}", listener.local_addr()?);
     let answers = Answers::new();
     loop {
         let (stream, _) = match listener.accept().await {
@@ -143,8 +167,14 @@ async fn serve(addr: SocketAddr) -> Result<(), BoxError> {
 
 async fn handle(req: Request<Incoming>, answers: Answers) -> Result<Response<Body>, BoxError> {
     if req.method() == Method::GET && req.uri().path() == "/canned/stats" {
-        let json =
-            format!("{{\"requests\":{},\"request_bytes\":{}}}", REQUESTS.load(Relaxed), REQUEST_BYTES.load(Relaxed));
+        let all: u64 = CALLS.iter().map(|c| c.load(Relaxed)).sum();
+        let json = format!(
+            r#"{{"requests":{all},"request_bytes":{},"Search":{},"Insert":{},"other":{}}}"#,
+            REQUEST_BYTES.load(Relaxed),
+            Call::Search.count(),
+            Call::Insert.count(),
+            Call::CheckHealth.count() + Call::Other.count(),
+        );
         let mut resp = Response::new(body::full(json));
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         return Ok(resp);
@@ -154,7 +184,8 @@ async fn handle(req: Request<Incoming>, answers: Answers) -> Result<Response<Bod
         *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
         return Ok(resp);
     }
-    let message = answers.for_path(req.uri().path());
+    let call = Call::of(req.uri().path());
+    let message = answers.for_call(call);
     let mut incoming = req.into_body();
     let mut received = 0u64;
     while let Some(frame) = incoming.frame().await {
@@ -162,7 +193,7 @@ async fn handle(req: Request<Incoming>, answers: Answers) -> Result<Response<Bod
             received += data.len() as u64;
         }
     }
-    REQUESTS.fetch_add(1, Relaxed);
+    CALLS[call as usize].fetch_add(1, Relaxed);
     REQUEST_BYTES.fetch_add(received, Relaxed);
 
     let mut resp = Response::new(body::boxed(Unary { message: Some(message), trailers: Some(answers.trailers) }));
@@ -270,6 +301,9 @@ mod tests {
         assert_eq!(super::search_results(256).len(), 256);
         let answers = super::Answers::new();
         assert_eq!(answers.search.len(), super::SEARCH_FRAME_LEN);
-        assert_eq!(answers.for_path("/milvus.proto.milvus.MilvusService/Insert"), answers.insert);
+        let insert = super::Call::of("/milvus.proto.milvus.MilvusService/Insert");
+        assert_eq!(answers.for_call(insert), answers.insert);
+        assert!(matches!(super::Call::of("/x.Y/CheckHealth"), super::Call::CheckHealth));
+        assert!(matches!(super::Call::of("/x.Y/SearchX"), super::Call::Other));
     }
 }

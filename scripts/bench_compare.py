@@ -478,10 +478,11 @@ def h2load(url: str, wl: Workload, n: int, log_file: str | None, timeout: float)
     return parse_h2load(r.stdout + r.stderr)
 
 
-def upstream_requests(upstream: int) -> int:
+def upstream_requests(upstream: int, method: str) -> int:
+    """How many `method` calls the canned upstream has answered (a proxy's probes are apart)."""
     r = subprocess.run(["nghttp", f"http://127.0.0.1:{upstream}/canned/stats"],
                        capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
-    return json.loads(r.stdout)["requests"]
+    return json.loads(r.stdout)[method]
 
 
 def preflight(target: Target, body_file: str) -> None:
@@ -500,7 +501,7 @@ def run_workload(target: Target, wl: Workload, upstream: int, work: str, timeout
     res = Result(target.name, wl.name)
     pids = target.pids()
     log_file = os.path.join(work, f"h2load-{target.name}-{wl.name}.log")
-    seen_before = upstream_requests(upstream)
+    seen_before = upstream_requests(upstream, wl.method)
     hwm_ok = bool(pids) and reset_hwm(pids)
     sampler = RssSampler(pids)
     sampler.start()
@@ -511,7 +512,7 @@ def run_workload(target: Target, wl: Workload, upstream: int, work: str, timeout
         cpu_after = cpu_seconds(pids)
         sampled_kib = sampler.finish()
     hwm_kib = sum(status_kib(p, "VmHWM") for p in pids)
-    res.upstream_seen = upstream_requests(upstream) - seen_before
+    res.upstream_seen = upstream_requests(upstream, wl.method) - seen_before
 
     res.requests = out["total"]
     res.succeeded = min(out["succeeded"], out["ok_2xx"])

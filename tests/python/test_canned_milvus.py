@@ -4,8 +4,10 @@ The canned upstream is what scripts/bench-compare.sh measures proxies against; t
 sure its answers are what a Milvus SDK would accept, so benchmark figures are for real gRPC.
 """
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -80,6 +82,32 @@ def test_other_methods_answer_ok(stub):
     resp, call = stub.GetVersion.with_call(milvus_pb2.GetVersionRequest(), timeout=10)
     assert call.code() == grpc.StatusCode.OK
     assert resp.status.error_code == 0
+
+
+def test_check_health_says_healthy(stub):
+    """A proxy probing its upstream (switchyard does) must keep it in service."""
+    resp = stub.CheckHealth(milvus_pb2.CheckHealthRequest(), timeout=10)
+    assert resp.status.error_code == 0
+    assert resp.isHealthy
+
+
+def test_stats_count_calls_by_method(canned, stub):
+    def stats():
+        out = subprocess.run(["nghttp", f"http://{canned}/canned/stats"], capture_output=True, text=True, timeout=10)
+        return json.loads(out.stdout)
+
+    if not shutil.which("nghttp"):
+        pytest.skip("nghttp (Debian nghttp2-client) is not installed")
+    before = stats()
+    stub.Search(milvus_pb2.SearchRequest(), timeout=10)
+    stub.Search(milvus_pb2.SearchRequest(), timeout=10)
+    stub.CheckHealth(milvus_pb2.CheckHealthRequest(), timeout=10)
+    after = stats()
+    assert after["Search"] - before["Search"] == 2
+    assert after["Insert"] == before["Insert"]
+    assert after["other"] - before["other"] == 1
+    assert after["requests"] - before["requests"] == 3
+    assert after["request_bytes"] > before["request_bytes"]
 
 
 def test_bench_request_bodies_decode_as_milvus_messages():
