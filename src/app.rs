@@ -19,6 +19,10 @@ use crate::control::{Control, ControlError};
 use crate::proxy::{Proxy, server};
 use crate::switchover::Orchestrator;
 
+/// How long calls in flight may take to finish at shutdown, unless
+/// `SWITCHYARD_SHUTDOWN_GRACE` says otherwise.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {

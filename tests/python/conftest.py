@@ -95,3 +95,7 @@ def pair(standin_factory, lite_factory) -> Pair:
 
 def pytest_sessionfinish(session, exitstatus):
     kill_all()
+
+
+# The proxy's own fixtures (switchyard_bed.py): ``switchyard_factory``.
+from switchyard_bed import switchyard_factory  # noqa: E402,F401
