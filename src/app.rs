@@ -125,6 +125,9 @@ impl App {
         // grace period; lift them so those writes go to the primary now.
         self.control.gate.release(crate::gate::HoldKey::Pause);
         self.control.gate.release(crate::gate::HoldKey::Discovery);
+        // Writes held by a job wait for it, but not past most of the grace period: then they
+        // fail with "shutting down; not sent", leaving time for the answer to reach the client.
+        self.control.gate.shutdown_by(std::time::Instant::now() + grace.mul_f32(0.8));
         let clean = tokio::time::timeout(grace, self.tracker.wait()).await.is_ok();
         if !clean {
             tracing::warn!(grace = ?grace, "shutdown: calls still in flight after the grace period");
