@@ -56,6 +56,7 @@ pub struct App {
     /// The data path.
     pub proxy: Arc<Proxy>,
     shutdown: CancellationToken,
+    admin_stop: CancellationToken,
     tracker: TaskTracker,
     background: TaskTracker,
 }
@@ -100,7 +101,9 @@ impl App {
             reload_lock: Arc::new(tokio::sync::Mutex::new(())),
             loopback: admin_addr.ip().is_loopback(),
         };
-        background.spawn(admin::serve(admin_listener, admin_state.clone(), shutdown.clone()));
+        // The admin API outlives the data listener at shutdown, so /readyz can say 503.
+        let admin_stop = CancellationToken::new();
+        background.spawn(admin::serve(admin_listener, admin_state.clone(), admin_stop.clone()));
         background.spawn(reload_on_sighup(admin_state, shutdown.clone()));
         let stop_auto = shutdown.clone();
         background.spawn(async move {
@@ -109,7 +112,7 @@ impl App {
         });
         let tracker = TaskTracker::new();
         tracker.spawn(server::serve(listener, proxy.clone(), settings, tls, shutdown.clone(), tracker.clone()));
-        Ok(App { grpc_addr, admin_addr, orch, control, proxy, shutdown, tracker, background })
+        Ok(App { grpc_addr, admin_addr, orch, control, proxy, shutdown, admin_stop, tracker, background })
     }
 
     /// Stops in the written order: `/readyz` turns 503; the listener stops accepting and
@@ -132,6 +135,7 @@ impl App {
         if !clean {
             tracing::warn!(grace = ?grace, "shutdown: calls still in flight after the grace period");
         }
+        self.admin_stop.cancel();
         self.background.close();
         clean
     }
