@@ -1,0 +1,471 @@
+"""Planned switchover with held writes, force failover with fencing, and the persisted topology,
+end to end: pymilvus clients in front of switchyard, milvus-standin clusters over milvus-lite
+behind it.
+
+Where a call went is read from the stand-ins' own counters (``GET /state`` -> ``counters``):
+``writes_rejected`` counts client writes that reached a cluster while it was a secondary, so it
+must stay 0 through every switchover. What the clusters hold is read directly from each stand-in
+with Strong consistency, after replication has caught up.
+
+Figures (longest write pause, added pause at 0 and 200 ms replication delay) are printed; run with
+``-s`` to see them. ``test_added_pause_measurement`` also writes them into ``BENCHMARKS.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import pytest
+import requests
+
+from switchyard_bed import Switchyard
+from testbed import REPO, MilvusLite, Standin, bin_dir, replicate, wait_until
+
+TOKENS = {"cluster-a": "root:Milvus", "cluster-b": "root:Milvus"}
+ADMIN_TOKEN = "swo-admin-token"
+A, B = "cluster-a", "cluster-b"
+DIM = 4
+
+pytestmark = pytest.mark.skipif(
+    not (bin_dir() / "milvus-standin").exists() or not (bin_dir() / "switchyard").exists(),
+    reason=f"switchyard / milvus-standin binaries not built in {bin_dir()} (cargo build --bins)",
+)
+
+
+# --- the bed ---------------------------------------------------------------------------------
+
+
+class Bed:
+    """Stand-ins A (primary) and B (standby) over their own milvus-lite, replicating A -> B,
+    behind one switchyard with an admin token. ``sections`` go to the switchyard config."""
+
+    def __init__(self, tmp: Path, delay: Optional[str] = None, **sections):
+        self.tmp = tmp
+        self.procs: list = []
+        self.standins: dict[str, Standin] = {}
+        lites = {}
+        threads = [threading.Thread(target=lambda cid=cid: lites.__setitem__(cid, MilvusLite(tmp))) for cid in (A, B)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for cid in (A, B):
+            if cid not in lites:
+                raise RuntimeError(f"milvus-lite for {cid} did not start")
+            self.procs.append(lites[cid])
+            s = Standin(cid, lites[cid].uri, pchannels=4, workdir=tmp, replication_delay=delay)
+            s.lite = lites[cid]
+            self.procs.append(s)
+            self.standins[cid] = s
+        replicate(self.a, self.b, tokens=TOKENS)
+        sections.setdefault("admin", {})["token"] = ADMIN_TOKEN
+        clusters = [Switchyard.cluster(cid, s.uri, "primary" if cid == A else "standby", token="root:Milvus")
+                    for cid, s in self.standins.items()]
+        self.sy = Switchyard(tmp, clusters, **sections)
+        self.procs.append(self.sy)
+        self.sy.wait_ready()
+        self.wait_lag_known(B)
+
+    @property
+    def a(self) -> Standin:
+        return self.standins[A]
+
+    @property
+    def b(self) -> Standin:
+        return self.standins[B]
+
+    # admin API
+    def api(self, method: str, path: str, body=None, expect: Optional[int] = None):
+        r = requests.request(method, f"http://{self.sy.admin_addr}{path}", json=body, timeout=15,
+                             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        if expect is not None:
+            assert r.status_code == expect, (method, path, r.status_code, r.text)
+        return r.status_code, (r.json() if r.content else None)
+
+    def topology(self) -> dict:
+        return self.api("GET", "/v1/topology", expect=200)[1]
+
+    def clusters(self) -> dict:
+        return {c["id"]: c for c in self.api("GET", "/v1/clusters", expect=200)[1]}
+
+    def job(self, job_id: str) -> dict:
+        return self.api("GET", f"/v1/jobs/{job_id}", expect=200)[1]
+
+    def wait_job(self, job_id: str, timeout: float = 60.0, interval: float = 0.02) -> dict:
+        return wait_until(lambda: (lambda j: j if j["state"] != "running" else None)(self.job(job_id)),
+                          timeout=timeout, interval=interval, what=f"job {job_id} to end")
+
+    def start_switchover(self, target: str, expected: Optional[str] = None) -> str:
+        body = {"target": target}
+        if expected:
+            body["expected_primary"] = expected
+        code, r = self.api("POST", "/v1/switchover", body)
+        assert code == 202, (code, r)
+        return r["job_id"]
+
+    def switchover(self, target: str, expected: Optional[str] = None, timeout: float = 60.0) -> dict:
+        return self.wait_job(self.start_switchover(target, expected), timeout=timeout)
+
+    def wait_lag_known(self, cid: str, timeout: float = 15.0) -> None:
+        wait_until(lambda: self.clusters()[cid]["lag_ms"] is not None and self.clusters()[cid]["health"] == "up",
+                   timeout=timeout, what=f"lag of {cid} known")
+
+    def reconfigure(self, **sections) -> None:
+        """Rewrites the config with ``sections`` merged in and reloads it (``POST /v1/reload``)."""
+        for name, values in sections.items():
+            self.sy.sections.setdefault(name, {}).update(values)
+        self.sy.write_config()
+        self.api("POST", "/v1/reload", expect=200)
+
+    def snapshot(self) -> dict:
+        """What a refused operation must leave unchanged: switchyard's topology and every
+        stand-in's role, configuration and pending configuration."""
+        t = self.topology()
+        st = {cid: s.state() for cid, s in self.standins.items()}
+        return {"epoch": t["epoch"], "primary": t["primary"], "standbys": t["standbys"], "fenced": t["fenced"],
+                "jobs": len(self.api("GET", "/v1/jobs", expect=200)[1]),
+                "standins": {cid: (x["role"], x["config"], x["pending"], x["demoted"]) for cid, x in st.items()}}
+
+    # stand-ins
+    def counters(self) -> dict:
+        return {cid: s.state()["counters"] for cid, s in self.standins.items()}
+
+    def roles(self) -> dict:
+        return {cid: s.state()["role"] for cid, s in self.standins.items()}
+
+    def primary_by_standins(self) -> Optional[str]:
+        prim = [cid for cid, r in self.roles().items() if r == "primary"]
+        return prim[0] if len(prim) == 1 else None
+
+    def consistent(self) -> bool:
+        """Every stand-in's role agrees with switchyard's topology."""
+        t = self.topology()
+        roles = self.roles()
+        return (t["primary"] is not None and roles.get(t["primary"]) == "primary"
+                and all(roles[s] == "secondary" for s in t["standbys"]))
+
+    def stop(self, failed: bool = False) -> None:
+        for p in reversed(self.procs):
+            try:
+                if failed and getattr(p, "proc", None):
+                    print(f"\n--- {p!r} log ({p.proc.log_path}) ---\n{p.proc.tail(40)}")
+                p.stop()
+            except Exception as e:  # noqa: BLE001 - stop everything else regardless
+                print(f"teardown: {p!r}: {e}")
+
+
+def delta(after: dict, before: dict) -> dict:
+    return {cid: {k: v - before[cid].get(k, 0) for k, v in c.items()} for cid, c in after.items()}
+
+
+# --- data helpers ----------------------------------------------------------------------------
+
+
+def make_collection(client, name: str, dim: int = DIM) -> None:
+    from pymilvus import DataType, MilvusClient
+
+    if client.has_collection(name):
+        client.drop_collection(name)
+    s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    s.add_field("id", DataType.INT64, is_primary=True)
+    s.add_field("vec", DataType.FLOAT_VECTOR, dim=dim)
+    ip = MilvusClient.prepare_index_params()
+    ip.add_index("vec", index_type="FLAT", metric_type="L2")
+    client.create_collection(name, schema=s, index_params=ip, consistency_level="Bounded")
+
+
+def count(client, name: str) -> int:
+    return int(client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")[0]["count(*)"])
+
+
+def ids_on(client, name: str, lo: int, hi: int) -> list:
+    """Every id in ``[lo, hi)`` the cluster holds (duplicates kept), in chunks of 10000."""
+    out = []
+    step = 10_000
+    for start in range(lo, hi, step):
+        end = min(hi, start + step)
+        rows = client.query(name, filter=f"id >= {start} and id < {end}", output_fields=["id"],
+                            consistency_level="Strong", limit=16_384)
+        out += [int(r["id"]) for r in rows]
+    return out
+
+
+class Writers:
+    """``n`` pymilvus clients inserting batches of rows with unique ids through switchyard. Each
+    batch's ids are recorded once it is acknowledged, with its start and end times."""
+
+    STRIDE = 10_000_000
+
+    def __init__(self, uri: str, collection: str, n: int = 4, batch: int = 10, base: int = 0, pace: float = 0.0):
+        self.uri, self.collection, self.n, self.batch, self.base, self.pace = uri, collection, n, batch, base, pace
+        self.acked: list[tuple[float, float, list]] = []  # (start, end, ids)
+        self.errors: list[str] = []
+        self.lock = threading.Lock()
+        self.stop_ev = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(w,), daemon=True) for w in range(n)]
+        self.next_seq = [0] * n
+
+    def start(self) -> "Writers":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def _run(self, w: int) -> None:
+        from pymilvus import MilvusClient
+
+        c = MilvusClient(uri=self.uri, token="root:Milvus")
+        try:
+            while not self.stop_ev.is_set():
+                seq = self.next_seq[w]
+                self.next_seq[w] += 1
+                ids = [self.base + w * self.STRIDE + seq * self.batch + k for k in range(self.batch)]
+                t0 = time.monotonic()
+                try:
+                    res = c.insert(self.collection, [{"id": x, "vec": [float(x % 97), 0.0, 0.0, 1.0]} for x in ids])
+                    t1 = time.monotonic()
+                    if res.get("insert_count") != len(ids):
+                        raise AssertionError(f"insert_count {res.get('insert_count')} != {len(ids)}")
+                    with self.lock:
+                        self.acked.append((t0, t1, ids))
+                except Exception as e:  # noqa: BLE001 - every error is reported by the test
+                    with self.lock:
+                        self.errors.append(f"writer {w} at {t0:.3f}: {e}")
+                if self.pace:
+                    time.sleep(self.pace)
+        finally:
+            c.close()
+
+    def stop(self) -> None:
+        self.stop_ev.set()
+        for t in self.threads:
+            t.join(timeout=60)
+
+    def acked_ids(self) -> list:
+        with self.lock:
+            return [x for (_, _, ids) in self.acked for x in ids]
+
+    def ranges(self) -> list:
+        """The id ranges ``[lo, hi)`` the writers used."""
+        return [(self.base + w * self.STRIDE, self.base + w * self.STRIDE + self.next_seq[w] * self.batch)
+                for w in range(self.n)]
+
+    def max_latency_in(self, t_from: float, t_to: float) -> float:
+        """The longest acknowledged insert that overlapped ``[t_from, t_to]``, in seconds."""
+        with self.lock:
+            lat = [t1 - t0 for (t0, t1, _) in self.acked if t1 >= t_from and t0 <= t_to]
+        return max(lat, default=0.0)
+
+
+def check_exactly_once(standin: Standin, name: str, acked: list, ranges: list) -> None:
+    """Every acknowledged id is on ``standin`` exactly once, and nothing else is (``ranges``: the
+    id ranges the writers used). milvus-lite keeps one row per primary key, so duplicate delivery
+    is checked on the stand-ins' counters by the callers."""
+    c = standin.client()
+    have = [x for lo, hi in ranges for x in ids_on(c, name, lo, hi)]
+    dupes = len(have) - len(set(have))
+    missing = set(acked) - set(have)
+    extra = set(have) - set(acked)
+    assert not missing and dupes == 0, f"{standin.cluster_id}: {len(missing)} acked rows missing, {dupes} duplicated"
+    assert count(c, name) == len(acked), f"{standin.cluster_id}: count(*) {count(c, name)} != {len(acked)} acked"
+    # A write that failed may have been applied; none failed here, so nothing extra either.
+    assert not extra, f"{standin.cluster_id}: {len(extra)} rows nobody saw acknowledged"
+
+
+def wait_count(standin: Standin, name: str, n: int, timeout: float = 60.0) -> None:
+    c = standin.client()
+    wait_until(lambda: count(c, name) >= n, timeout=timeout, interval=0.2, what=f"{standin.cluster_id} to hold {n} rows")
+
+
+# --- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory, request):
+    """A -> B behind one switchyard, shared by the planned-switchover tests of this module."""
+    b = Bed(tmp_path_factory.mktemp("swo"),
+            listener={"max_message_size": "512MiB"},
+            switchover={"max_lag": "5s", "promote_timeout": "20s", "drain_timeout": "10s", "hold_window": "30s",
+                        "max_held_bytes": "300MiB"})
+    yield b
+    b.stop(failed=request.session.testsfailed > 0)
+
+
+def ensure_primary(bed: Bed, cid: str) -> None:
+    """Puts ``cid`` back as primary (a switchover) if a previous test left the other one."""
+    wait_until(lambda: bed.topology()["state"] == "RUNNING" and bed.topology()["job"] is None,
+               timeout=30, what="switchyard RUNNING with no job")
+    if bed.topology()["primary"] != cid:
+        bed.wait_lag_known(cid)
+        j = bed.switchover(cid)
+        assert j["state"] == "succeeded", j
+    bed.wait_lag_known(B if cid == A else A)
+
+
+# --- 1. twenty switchovers under write load --------------------------------------------------
+
+
+def test_twenty_switchovers_under_write_load(bed):
+    """4 writers insert through switchyard while 20 switchovers alternate A->B->A: no writer sees an
+    error, every acknowledged row is on both clusters exactly once, no write reached a standby."""
+    from pymilvus import MilvusClient
+
+    ensure_primary(bed, A)
+    client = MilvusClient(uri=bed.sy.uri, token="root:Milvus")
+    make_collection(client, "swo20")
+    client.close()
+    before = bed.counters()
+    w = Writers(bed.sy.uri, "swo20", n=4, batch=10).start()
+    wait_until(lambda: len(w.acked) >= 20, timeout=30, what="writes flowing")
+    jobs = []
+    primary = A
+    t_start = time.monotonic()
+    for i in range(20):
+        target = B if primary == A else A
+        bed.wait_lag_known(target)
+        t0 = time.monotonic()
+        j = bed.switchover(target, expected=primary)
+        t1 = time.monotonic()
+        assert j["state"] == "succeeded", j
+        jobs.append((j, t0, t1))
+        primary = target
+        # Writes keep flowing between switchovers.
+        n = len(w.acked)
+        wait_until(lambda: len(w.acked) >= n + 8, timeout=30, what="writes after the switchover")
+    elapsed = time.monotonic() - t_start
+    w.stop()
+    assert not w.errors, w.errors[:5]
+    acked = w.acked_ids()
+    assert len(acked) == len(set(acked))
+    t = bed.topology()
+    assert t["primary"] == primary == A and t["state"] == "RUNNING", t
+    standby = bed.standins[B]
+    wait_count(standby, "swo20", len(acked))
+    check_exactly_once(bed.standins[primary], "swo20", acked, w.ranges())
+    check_exactly_once(standby, "swo20", acked, w.ranges())
+    d = delta(bed.counters(), before)
+    assert d[A]["writes_rejected"] == 0 and d[B]["writes_rejected"] == 0, d
+    assert d[A]["writes_served"] > 0 and d[B]["writes_served"] > 0, d
+    # milvus-lite keeps one row per primary key, so a write delivered twice would not show in the
+    # rows: the clusters' counters show it. Every acknowledged insert was served exactly once.
+    assert d[A]["writes_served"] + d[B]["writes_served"] == len(w.acked), (len(w.acked), d)
+
+    holds = [j["longest_hold_ms"] for j, _, _ in jobs]
+    writer = [w.max_latency_in(t0, t1) * 1e3 for _, t0, t1 in jobs]
+    held = sum(j["held_writes"] for j, _, _ in jobs)
+    promote = [next(s["duration_ms"] for s in j["steps"] if s["name"].startswith("promote")) for j, _, _ in jobs]
+    print(f"\n20 switchovers in {elapsed:.1f}s with {len(acked)} rows acknowledged by 4 writers, {held} writes held;"
+          f" longest hold (job records) {max(holds):.1f} ms, p50 {statistics.median(holds):.1f} ms;"
+          f" longest writer-observed insert during a switchover {max(writer):.1f} ms;"
+          f" promote step p50 {statistics.median(promote):.1f} ms, max {max(promote):.1f} ms")
+
+
+# --- 2. a target that cannot promote in time: roll back --------------------------------------
+
+
+def test_slow_promotion_rolls_back_and_held_writes_land_on_the_old_primary(bed):
+    """Replication delay 3 s, promote_timeout 1 s: the job ends ``rolled_back`` with the reason,
+    the writes held meanwhile land on A, and A is primary again."""
+    from pymilvus import MilvusClient
+
+    ensure_primary(bed, A)
+    client = MilvusClient(uri=bed.sy.uri, token="root:Milvus")
+    make_collection(client, "rollback")
+    wait_count(bed.b, "rollback", 0)
+    before = bed.counters()
+    bed.reconfigure(switchover={"promote_timeout": "1s"})
+    bed.a.control("/fault/replication/delay", ms=3000)
+    try:
+        job_id = bed.start_switchover(B, expected=A)
+        wait_until(lambda: any(s["name"].startswith("promote") for s in bed.job(job_id)["steps"]),
+                   timeout=10, interval=0.01, what="the promote step")
+        # Writes sent now are held by switchyard (A is demoted, B not yet promoted).
+        results: list = []
+
+        def insert(k: int) -> None:
+            try:
+                results.append(client.insert("rollback", [{"id": 1000 + k, "vec": [1.0, 0, 0, float(k)]}]))
+            except Exception as e:  # noqa: BLE001
+                results.append(e)
+
+        threads = [threading.Thread(target=insert, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        j = bed.wait_job(job_id, timeout=30)
+        for t in threads:
+            t.join(timeout=30)
+    finally:
+        bed.a.control("/fault/replication/delay", ms=0)
+        bed.reconfigure(switchover={"promote_timeout": "20s"})
+    assert j["state"] == "rolled_back", j
+    assert "promote_timeout" in j["error"] and B in j["error"], j["error"]
+    assert j["held_writes"] == 3, j
+    names = [s["name"] for s in j["steps"]]
+    assert "roll back" in names, names
+    assert all(not isinstance(r, Exception) and r["insert_count"] == 1 for r in results), results
+    t = bed.topology()
+    assert t["primary"] == A and t["state"] == "RUNNING" and B in t["standbys"], t
+    assert bed.roles() == {A: "primary", B: "secondary"}
+    # The held writes landed on A (the stand-in that served them), none reached B as a client write.
+    d = delta(bed.counters(), before)
+    assert d[A]["writes_served"] == 3 and d[A]["writes_rejected"] == 0, d
+    assert d[B]["writes_served"] == 0 and d[B]["writes_rejected"] == 0, d
+    assert sorted(ids_on(bed.a.client(), "rollback", 0, 2000)) == [1000, 1001, 1002]
+    wait_count(bed.b, "rollback", 3)  # and replication to B carries on from A
+    client.close()
+
+
+# --- 3. refusals change nothing --------------------------------------------------------------
+
+
+def refused(bed: Bed, body: dict, reason: str) -> None:
+    before = bed.snapshot()
+    code, r = bed.api("POST", "/v1/switchover", body)
+    assert code == 409, (code, r)
+    assert re.search(reason, r["error"]), r
+    assert r["code"] == "precondition_failed", r
+    assert bed.snapshot() == before
+    print(f"\nrefused: {r['error']}")
+
+
+def test_refused_switchovers_change_nothing(bed):
+    """A switchover refused for lag, for health, or for a wrong ``expected_primary`` answers 409
+    with the reason and changes nothing: epoch, roles, the stand-ins' configurations, no job."""
+    from pymilvus import MilvusClient
+
+    ensure_primary(bed, A)
+    client = MilvusClient(uri=bed.sy.uri, token="root:Milvus")
+    make_collection(client, "refusals")
+
+    # Wrong expected primary.
+    refused(bed, {"target": B, "expected_primary": B}, r"expected primary cluster-b but the primary is cluster-a")
+
+    # Lag: replication paused, a write, and B falls behind by more than max_lag.
+    bed.reconfigure(switchover={"max_lag": "1s"})
+    bed.a.control("/fault/replication/pause")
+    try:
+        client.insert("refusals", [{"id": 1, "vec": [1.0, 0, 0, 0]}])
+        wait_until(lambda: (bed.clusters()[B]["lag_ms"] or 0) > 1500, timeout=10, what="B lagging")
+        refused(bed, {"target": B, "expected_primary": A}, r"cluster-b lags .* more than switchover.max_lag")
+    finally:
+        bed.a.control("/fault/replication/resume")
+        bed.reconfigure(switchover={"max_lag": "5s"})
+    wait_until(lambda: bed.clusters()[B]["lag_ms"] == 0, timeout=15, what="B caught up")
+
+    # Health: B answers CheckHealth as not healthy.
+    bed.b.control("/fault/unhealthy")
+    try:
+        wait_until(lambda: bed.clusters()[B]["health"] == "down", timeout=10, what="B down")
+        refused(bed, {"target": B}, r"cluster-b is not healthy.*not healthy")
+    finally:
+        bed.b.control("/fault/healthy")
+    wait_until(lambda: bed.clusters()[B]["health"] == "up", timeout=10, what="B up")
+    client.close()
