@@ -469,3 +469,79 @@ def test_refused_switchovers_change_nothing(bed):
         bed.b.control("/fault/healthy")
     wait_until(lambda: bed.clusters()[B]["health"] == "up", timeout=10, what="B up")
     client.close()
+
+
+# --- 4. big held writes do not stall reads on the same connection ----------------------------
+
+
+def held_writes(bed: Bed) -> int:
+    text = requests.get(f"http://{bed.sy.admin_addr}/metrics", timeout=5).text
+    m = re.search(r"^switchyard_held_writes (\d+)", text, re.M)
+    return int(m.group(1)) if m else -1
+
+
+def test_big_held_writes_leave_reads_on_the_same_connection_answering(bed):
+    """Writes paused, two 64 MiB inserts held (max_held_bytes 300 MiB) from threads sharing ONE
+    pymilvus client: reads on that client keep answering while they are held; after resume both
+    inserts succeed."""
+    from pymilvus import DataType, MilvusClient
+
+    ensure_primary(bed, A)
+    client = MilvusClient(uri=bed.sy.uri, token="root:Milvus")  # one client, one HTTP/2 connection
+    if client.has_collection("big"):
+        client.drop_collection("big")
+    s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    s.add_field("id", DataType.INT64, is_primary=True)
+    s.add_field("vec", DataType.FLOAT_VECTOR, dim=DIM)
+    s.add_field("blob", DataType.VARCHAR, max_length=65535)
+    ip = MilvusClient.prepare_index_params()
+    ip.add_index("vec", index_type="FLAT", metric_type="L2")
+    client.create_collection("big", schema=s, index_params=ip, consistency_level="Bounded")
+    client.insert("big", [{"id": 0, "vec": [0.0, 0, 0, 1], "blob": "seed"}])
+    wait_count(bed.b, "big", 1)
+
+    rows_per_insert, blob = 1025, "x" * 65_535  # 1025 rows x 64 KiB: just over 64 MiB per insert
+    bed.api("POST", "/v1/writes/pause", {"timeout": "120s"}, expect=200)
+    rss0 = bed.sy.rss_kib()
+    results: dict = {}
+
+    def big_insert(k: int) -> None:
+        base = 1 + k * rows_per_insert
+        t0 = time.monotonic()
+        try:
+            rows = [{"id": base + i, "vec": [float(i), 0, 0, 1], "blob": blob} for i in range(rows_per_insert)]
+            results[k] = (client.insert("big", rows), time.monotonic() - t0)
+        except Exception as e:  # noqa: BLE001
+            results[k] = (e, time.monotonic() - t0)
+
+    threads = [threading.Thread(target=big_insert, args=(k,)) for k in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        wait_until(lambda: held_writes(bed) == 2, timeout=60, what="two writes held")
+        assert bed.topology()["state"] == "HOLDING"
+        # Their bodies are read into switchyard's memory while they wait (128 MiB between them).
+        wait_until(lambda: bed.sy.rss_kib() - rss0 > 120 * 1024, timeout=60, what="both bodies buffered")
+        rss_held = bed.sy.rss_kib() - rss0
+        # Reads on the same client, while both inserts are held (their bodies buffered at switchyard).
+        latencies = []
+        t_end = time.monotonic() + 3.0
+        while time.monotonic() < t_end:
+            t0 = time.monotonic()
+            assert client.describe_collection("big")["collection_name"] == "big"  # metadata: primary
+            res = client.query("big", filter="id == 0", output_fields=["id"])  # Bounded: standby
+            assert [r["id"] for r in res] == [0]
+            latencies.append(time.monotonic() - t0)
+        assert held_writes(bed) == 2 and not results, results
+    finally:
+        bed.api("POST", "/v1/writes/resume", expect=200)
+        for t in threads:
+            t.join(timeout=120)
+    print(f"\n{len(latencies)} read pairs while 2 x 64 MiB writes were held: max {max(latencies) * 1e3:.0f} ms, "
+          f"p50 {statistics.median(latencies) * 1e3:.0f} ms; switchyard RSS +{rss_held // 1024} MiB while held; inserts took {[round(r[1], 1) for r in results.values()]} s")
+    assert max(latencies) < 2.0, latencies
+    for k, (r, _) in results.items():
+        assert not isinstance(r, Exception) and r["insert_count"] == rows_per_insert, (k, r)
+    assert count(bed.a.client(), "big") == 1 + 2 * rows_per_insert
+    client.drop_collection("big")
+    client.close()
