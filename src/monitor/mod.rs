@@ -5,7 +5,8 @@
 //! turns it up or down only after `rise`/`fall` consecutive results. The data path counts
 //! transport failures on real traffic and wakes the task early, so a dead cluster leaves
 //! the read rotation before its next probe (passive ejection). On standbys the task also
-//! reads the replication checkpoints and computes the lag ([`lag`]).
+//! reads the replication checkpoints and computes the lag ([`lag`]). A fenced cluster is
+//! not probed at all (it shows as down) until it is readmitted.
 //!
 //! A task calls its `on_change` hook only when something routing depends on changed (up or
 //! down, in or out of the lag bound), so routing snapshots are rebuilt only then.
@@ -101,6 +102,26 @@ async fn run(
     let (mut oks, mut fails) = (0u32, 0u32);
     loop {
         let s = settings.load_full();
+        if routing.load().is_fenced(&cluster.id) {
+            // A fenced cluster gets nothing from switchyard, probes included, until it is
+            // readmitted; then it must pass `rise` probes again before it serves.
+            let mut view = tx.borrow().clone();
+            let was_up = view.up;
+            (oks, fails) = (0, s.health.fall);
+            view.up = false;
+            view.down_since.get_or_insert_with(Instant::now);
+            view.last_error = Some("fenced: not probed until readmitted".into());
+            (view.checkpoint, view.lag, view.lag_ok) = (None, None, true);
+            tx.send_replace(view);
+            if was_up {
+                on_change();
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(s.health.interval) => {}
+                _ = cluster.signals.kick.notified() => {}
+            }
+            continue;
+        }
         let passive = cluster.signals.passive_failures.load(std::sync::atomic::Ordering::Relaxed);
         let result = if passive >= s.health.fall {
             Err(format!("{passive} consecutive transport failures on client traffic"))
