@@ -13,6 +13,7 @@ Figures (longest write pause, added pause at 0 and 200 ms replication delay) are
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import re
@@ -34,6 +35,18 @@ TOKENS = {"cluster-a": "root:Milvus", "cluster-b": "root:Milvus"}
 ADMIN_TOKEN = "swo-admin-token"
 A, B = "cluster-a", "cluster-b"
 DIM = 4
+
+
+
+def quiet_pymilvus() -> None:
+    """pymilvus logs every failed call with its traceback (and sets its levels at import); the
+    writers here count their errors instead."""
+    import pymilvus  # noqa: F401
+
+    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("pymilvus"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 pytestmark = pytest.mark.skipif(
     not (bin_dir() / "milvus-standin").exists() or not (bin_dir() / "switchyard").exists(),
@@ -215,6 +228,7 @@ class Writers:
         self.next_seq = [0] * n
 
     def start(self) -> "Writers":
+        quiet_pymilvus()
         for t in self.threads:
             t.start()
         return self
@@ -545,3 +559,84 @@ def test_big_held_writes_leave_reads_on_the_same_connection_answering(bed):
     assert count(bed.a.client(), "big") == 1 + 2 * rows_per_insert
     client.drop_collection("big")
     client.close()
+
+
+# --- 5. automatic failover, fencing and the loss report --------------------------------------
+
+
+def test_automatic_failover_fences_the_dead_primary_and_reports_the_loss(tmp_path, request):
+    """The primary dies under write load: B is promoted within detect_after + 2 s, writes go on
+    on B, A (back up) gets no request of any kind until readmitted, and the job's
+    ``possible_loss_rows`` equals the rows A acknowledged that B lacks."""
+    from pymilvus import MilvusClient
+
+    detect_after = 1.0
+    # A 500 ms replication delay leaves some acknowledged rows unreplicated when A dies.
+    bed = Bed(tmp_path, delay="500ms",
+              failover={"automatic": True, "detect_after": f"{detect_after}s", "min_interval": "10m"},
+              health={"interval": "200ms", "timeout": "500ms", "fall": 2, "rise": 2})
+    ok = False
+    w = None
+    try:
+        client = MilvusClient(uri=bed.sy.uri, token="root:Milvus")
+        make_collection(client, "fo")
+        client.close()
+        wait_count(bed.b, "fo", 0)
+        w = Writers(bed.sy.uri, "fo", n=2, batch=10).start()
+        wait_until(lambda: len(w.acked) >= 20, timeout=30, what="writes flowing")
+
+        t_down = time.monotonic()
+        bed.a.control("/fault/down")
+        wait_until(lambda: bed.topology()["primary"] == B, timeout=detect_after + 10, interval=0.02,
+                   what="B promoted")
+        t_promoted = time.monotonic()
+        assert bed.b.state()["role"] == "primary"
+        took = t_promoted - t_down
+        print(f"\nA down -> B primary in switchyard's topology: {took * 1e3:.0f} ms (detect_after {detect_after}s)")
+        assert took <= detect_after + 2.0, took
+        t = bed.topology()
+        assert t["fenced"] == [A] and A not in t["standbys"], t
+
+        # Writes go on, on B.
+        wait_until(lambda: sum(1 for (t0, _, _) in w.acked if t0 > t_promoted) >= 20, timeout=30,
+                   what="writes acknowledged after the failover")
+        jobs = [j for j in bed.api("GET", "/v1/jobs", expect=200)[1] if j["kind"] == "failover"]
+        assert len(jobs) == 1, jobs
+        job = bed.wait_job(jobs[0]["id"], timeout=30)
+        assert job["state"] == "succeeded", job
+
+        # A comes back up: nothing reaches it (no probe, no read, no write) until readmitted.
+        a_before = bed.a.state()["counters"]
+        bed.a.control("/fault/up")
+        time.sleep(2.0)  # observation window: ten health intervals
+        assert bed.a.state()["counters"] == a_before, delta({A: bed.a.state()["counters"]}, {A: a_before})
+        assert bed.topology()["fenced"] == [A]
+        w.stop()
+        errors_before_failover = [e for e in w.errors]
+
+        # Loss: every acknowledged row B lacks was acknowledged by A (B acknowledged the rest).
+        acked = w.acked_ids()
+        on_b = set(x for lo, hi in w.ranges() for x in ids_on(bed.b.client(), "fo", lo, hi))
+        lost = set(acked) - on_b
+        after = [x for (t0, _, ids) in w.acked if t0 > t_promoted for x in ids]
+        assert not (set(after) - on_b), "rows acknowledged after the failover are missing on B"
+        print(f"acknowledged {len(acked)} rows; B lacks {len(lost)}; job possible_loss_rows "
+              f"{job.get('possible_loss_rows')}, possible_loss_ms {job.get('possible_loss_ms')}; "
+              f"{len(errors_before_failover)} writes failed while A was dead")
+        assert job["possible_loss_rows"] == len(lost), (job, len(lost))
+
+        # Readmit, once A is rebuilt as B's standby: switchyard talks to A again.
+        replicate(bed.b, bed.a, tokens=TOKENS)
+        a_before = bed.a.state()["counters"]
+        code, r = bed.api("POST", f"/v1/clusters/{A}/readmit")
+        assert code == 200, r
+        assert A in r["topology"]["standbys"] and r["topology"]["fenced"] == [], r
+        wait_until(lambda: bed.a.state()["counters"]["control"] > a_before["control"], timeout=5,
+                   what="probes of A after readmit")
+        wait_until(lambda: bed.consistent() and bed.topology()["state"] == "RUNNING", timeout=10,
+                   what="topology consistent after readmit")
+        ok = True
+    finally:
+        if w:
+            w.stop()
+        bed.stop(failed=not ok)
