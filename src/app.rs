@@ -92,8 +92,12 @@ impl App {
             crate::control::discovery::run(Arc::downgrade(&control)).instrument(tracing::info_span!("discovery")),
         );
         let auto = orch.spawn_auto_failover();
-        let recovering = orch.clone();
-        background.spawn(async move { recovering.recover().await }.instrument(tracing::info_span!("recover")));
+        // Before the listener serves: a job cut short by a restart holds writes until done.
+        if let Some(task) = orch.recover() {
+            background.spawn(async move {
+                let _ = task.await;
+            });
+        }
         let admin_state = AdminState {
             orch: orch.clone(),
             proxy: proxy.clone(),

@@ -146,10 +146,32 @@ impl Orchestrator {
     }
 
     /// Finishes or rolls back a job that a previous run of the proxy left half done.
-    pub async fn recover(&self) {
-        if let Some(job) = self.control.pending_job() {
-            run::recover(&self.control, job).await;
-        }
+    ///
+    /// Call before the listener serves: when a job is pending, writes are held and the state
+    /// is `SWITCHING` (or `FAILING_OVER`) from this call on, so no write reaches a cluster
+    /// the job may have demoted and discovery stays out, until the returned task has
+    /// finished or rolled the job back. The recovery shows as a job of kind `recover`.
+    pub fn recover(self: &Arc<Self>) -> Option<JoinHandle<()>> {
+        let job = self.control.pending_job()?;
+        let key = if job.kind == "failover" { HoldKey::Failover } else { HoldKey::Switchover };
+        self.control.gate.hold(key, format!("recovering {} {} cut short by a restart", job.kind, job.id));
+        self.control.set_state(if job.kind == "failover" { ProxyState::FailingOver } else { ProxyState::Switching });
+        let log = match self.jobs.begin("recover", job.from.clone(), &job.to) {
+            Ok(log) => log,
+            Err(e) => {
+                // Cannot happen at start (no job runs yet); never leave writes held.
+                tracing::error!(error = %e, "cannot register the recovery job");
+                self.control.gate.release(key);
+                self.control.set_state(ProxyState::Running);
+                return None;
+            }
+        };
+        let me = self.clone();
+        let span = tracing::info_span!("recover", job = %job.id, kind = %job.kind, to = %job.to);
+        Some(tokio::spawn(tracing::Instrument::instrument(
+            async move { run::recover(&me.control, log, job, key).await },
+            span,
+        )))
     }
 
     /// Starts automatic failover (when enabled in the config, checked at every round).

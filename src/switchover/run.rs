@@ -259,56 +259,79 @@ async fn restore(c: &Control, from: &str, target: &str, old: &ReplicateConfigura
     }
 }
 
-/// Finishes or rolls back a job left by a previous run.
-pub async fn recover(c: &Control, job: PendingJob) {
+/// Finishes or rolls back a job left by a previous run. Writes stay held under `key` (taken
+/// by the caller before the listener served) until it ends; while the clusters cannot be
+/// read or told, it retries, and the proxy is `ABNORMAL` with the reason meanwhile.
+pub async fn recover(c: &Control, mut log: JobLog, job: PendingJob, key: HoldKey) {
     tracing::warn!(job = %job.id, kind = %job.kind, to = %job.to, "recovering a job cut short by a restart");
-    let Some(target) = c.cluster(&job.to) else {
-        c.set_abnormal(Some(format!("job {} names unknown cluster {}", job.id, job.to)));
-        return;
-    };
+    let mut wait = Duration::from_millis(500);
+    let mut our_abnormal: Option<String> = None;
+    for attempt in 1u32.. {
+        log.step(&format!("finish or roll back {} {} (attempt {attempt})", job.kind, job.id));
+        match recover_once(c, &job).await {
+            Ok((outcome, result)) => {
+                log.done(outcome.clone());
+                tracing::info!(job = %job.id, "{outcome}");
+                if our_abnormal.is_some() && c.state().1 == our_abnormal {
+                    c.set_abnormal(None);
+                }
+                let kind = if job.kind == "failover" { ChangeKind::Failover } else { ChangeKind::Switchover };
+                c.count_change(kind, result);
+                break;
+            }
+            Err(why) => {
+                let why = format!("job {} cut short by a restart is not resolved yet: {why}", job.id);
+                log.done(format!("failed: {why}; retrying in {wait:?}"));
+                c.set_abnormal(Some(why.clone()));
+                our_abnormal = Some(why);
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    log.finish(JobState::Succeeded, None);
+    c.set_state(ProxyState::Running);
+    c.gate.release(key);
+    c.publish();
+}
+
+/// One attempt at recovery: what was done, or why it could not be.
+async fn recover_once(c: &Control, job: &PendingJob) -> Result<(String, ChangeResult), String> {
+    let target = c.cluster(&job.to).ok_or_else(|| format!("it names unknown cluster {}", job.to))?;
     let t = Duration::from_secs(5);
-    let target_cfg = discovery::read_config(&target, t).await;
-    let promoted = matches!(&target_cfg, Ok(Some(cfg)) if discovery::primary_of(&job.to, Some(cfg)) == job.to);
-    if promoted {
+    let target_cfg = discovery::read_config(&target, t)
+        .await
+        .map_err(|e| format!("cannot read the replicate configuration of {}: {e}", job.to))?;
+    let promoted = target_cfg.as_ref().is_some_and(|cfg| discovery::primary_of(&job.to, Some(cfg)) == job.to);
+    if promoted || job.kind == "failover" {
+        let mut how = format!("{} had promoted", job.to);
+        if !promoted {
+            let current = target_cfg.clone().unwrap_or_default();
+            let shape = plan::force_promote(c, &target, &current, Duration::from_secs(30))
+                .await
+                .map_err(|e| format!("force promote of {} failed: {e}", job.to))?;
+            how = format!("{} force-promoted with the {shape}", job.to);
+        }
         let mut topo = c.topology();
         if topo.primary.as_deref() != Some(job.to.as_str()) {
             topo = topo.promoted(&job.to);
         }
-        match c.commit(topo) {
-            Ok(()) => tracing::info!(job = %job.id, "job finished after restart: {} is primary", job.to),
-            Err(e) => c.set_abnormal(Some(format!("cannot persist the recovered topology: {e}"))),
-        }
-        return;
-    }
-    if job.kind == "failover" {
-        let current = target_cfg.ok().flatten().unwrap_or_default();
-        match plan::force_promote(c, &target, &current, Duration::from_secs(30)).await {
-            Ok(_) => {
-                let topo = c.topology().promoted(&job.to);
-                if let Err(e) = c.commit(topo) {
-                    c.set_abnormal(Some(format!("cannot persist the recovered topology: {e}")));
-                }
+        if job.kind == "failover" {
+            if let Some(a) = job.from.as_deref() {
+                topo.standbys.retain(|s| s != a);
             }
-            Err(e) => c.set_abnormal(Some(format!("failover to {} could not be finished after restart: {e}", job.to))),
+            let others: Vec<String> = topo.standbys.iter().filter(|s| !topo.rebuild.contains(s)).cloned().collect();
+            topo.rebuild.extend(others);
         }
-        return;
+        c.commit(topo).map_err(|e| format!("cannot persist the recovered topology: {e}"))?;
+        return Ok((format!("{how}: job finished, {} is primary", job.to), ChangeResult::Succeeded));
     }
-    let from = job.from.clone().unwrap_or_default();
-    let source = match discovery::read_config(&target, t).await {
-        Ok(Some(cfg)) if !cfg.clusters.is_empty() => Some(cfg),
-        _ => None,
-    };
-    let Some(current) = source else {
-        c.set_abnormal(Some(format!("job {}: cannot read a configuration to roll back with", job.id)));
-        return;
-    };
+    let from = job.from.clone().ok_or("it names no old primary")?;
+    let current = target_cfg
+        .filter(|cfg| !cfg.clusters.is_empty())
+        .ok_or_else(|| format!("{} has no replicate configuration to roll back with", job.to))?;
     let old = plan::recentred(c, &current, &from);
-    match restore(c, &from, &job.to, &old).await {
-        Ok(()) => {
-            let _ = c.record_job(None);
-            c.count_change(ChangeKind::Switchover, ChangeResult::RolledBack);
-            tracing::info!(job = %job.id, "job rolled back after restart: {from} is primary");
-        }
-        Err(e) => c.set_abnormal(Some(format!("job {} could not be rolled back after restart: {e}", job.id))),
-    }
+    restore(c, &from, &job.to, &old).await?;
+    c.record_job(None).map_err(|e| format!("cannot persist the end of the job: {e}"))?;
+    Ok((format!("{} had not promoted: rolled back, {from} is primary", job.to), ChangeResult::RolledBack))
 }
