@@ -99,3 +99,7 @@ def pytest_sessionfinish(session, exitstatus):
 
 # The proxy's own fixtures (switchyard_bed.py): ``switchyard_factory``.
 from switchyard_bed import switchyard_factory  # noqa: E402,F401
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a long test that is still part of the required run (deselect with -m 'not slow')")
