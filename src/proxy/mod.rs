@@ -134,7 +134,7 @@ impl Proxy {
         let method_name = call.method.map(|m| m.name).unwrap_or("");
 
         match call.kind {
-            Kind::Write(_) => write::write(self, table, parts, body, &call, conn).await,
+            Kind::Write(_) => write::write(self, parts, body, &call, conn).await,
             Kind::Control | Kind::Streaming => {
                 body.read_ahead(false).await?;
                 let target = match named {

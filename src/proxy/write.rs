@@ -31,7 +31,6 @@ const NOT_PRIMARY_RETRIES: usize = 3;
 
 pub(super) async fn write(
     proxy: &Proxy,
-    mut table: Arc<RoutingTable>,
     parts: http::request::Parts,
     mut body: RequestBody,
     call: &Call,
@@ -43,15 +42,25 @@ pub(super) async fn write(
     let mut body = Some(body);
     let mut refusals = 0;
     loop {
+        // Counted in flight before the gate is looked at: a switchover that closes the gate
+        // after this point waits for this write in its drain, and one that closed it before
+        // is seen here. (Checking first and counting later let a write slip past a drain
+        // that had already found nothing in flight, to a primary being demoted.)
+        let writing = gate.write_started();
         if gate.closed_reason().is_some() {
+            drop(writing);
             let mut held = gate.reserve()?;
             let b = body.as_mut().ok_or_else(|| ProxyError::BadBody("write body already sent".into()))?;
             let room = held.room() as usize;
             b.buffer_all(room).await?;
             held.add_bytes(b.buffered_len() as u64)?;
             gate.wait_open(&held).await?;
-            table = control.routing().load_full();
+            // The gate may have closed again already: look again, counted this time.
+            continue;
         }
+        // Loaded once the gate is seen open, so never older than the last role change's
+        // swap (the table of the request's start may predate a whole switchover).
+        let table = control.routing().load_full();
         let primary = write_target(&table)?;
         let send_body = if replayable || body.as_ref().is_some_and(RequestBody::is_buffered) {
             body.as_ref().and_then(RequestBody::clone_buffered)
@@ -64,7 +73,7 @@ pub(super) async fn write(
 
         tracing::Span::current().record("upstream.cluster", &*primary.id);
         let in_flight = InFlight::new(primary.clone());
-        let _writing = gate.write_started();
+        let _writing = writing;
         let resp = match primary.upstream.send(req).await {
             Ok(r) => r,
             Err(e @ SendError::NotSent(..)) | Err(e @ SendError::Sent(_)) => {
