@@ -754,3 +754,26 @@ def test_sigkill_at_each_step_leaves_a_consistent_topology(tmp_path, request):
         if w:
             w.stop()
         bed.stop(failed=not ok)
+
+
+# --- 7. the drill from the CLI ---------------------------------------------------------------
+
+
+def test_ctl_drill_prints_step_timings(bed):
+    """``switchyard ctl drill --to cluster-b`` switches over, checks a write and a read on B,
+    switches back, prints every step with its duration, and exits 0."""
+    ensure_primary(bed, A)
+    epoch = bed.topology()["epoch"]
+    p = subprocess.run([str(bin_dir() / "switchyard"), "ctl", "--admin", f"http://{bed.sy.admin_addr}",
+                        "--token", ADMIN_TOKEN, "drill", "--to", B], capture_output=True, text=True, timeout=120)
+    print("\n" + p.stdout)
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+    out = p.stdout
+    assert re.search(r"job drill-\S+ \(drill\) cluster-a -> cluster-b: succeeded", out), out
+    for step in (f"switch over to {B}", f"write and read on {B}", f"switch back to {A}"):
+        assert re.search(rf"^\s+\d+\.\d ms  {re.escape(step)}", out, re.M), (step, out)
+    # The two switchovers' own steps are shown with their timings too.
+    assert len(re.findall(r"^\s+\d+\.\d ms  promote cluster-", out, re.M)) == 2, out
+    t = bed.topology()
+    assert t["primary"] == A and t["state"] == "RUNNING" and t["epoch"] == epoch + 2, t
+    assert bed.roles() == {A: "primary", B: "secondary"}
