@@ -18,9 +18,12 @@
 //! - Taking a configuration that makes this cluster the centre is a promotion: targets
 //!   start at the current end of the log (their floor) and the new primary appends a fence
 //!   of its own, which tells its new secondaries it has taken over.
-//! - A demoted cluster that has heard nothing from its new source, asked to be the centre
-//!   again, re-promotes at once (rollback): its unsent fences are cancelled and a fence
-//!   carrying the restored configuration supersedes any that was sent.
+//! - A demoted cluster that has heard nothing from its new source, and whose demotion fence
+//!   the new source has not confirmed, asked to be the centre again, re-promotes at once
+//!   (rollback): its unsent fences are cancelled and a fence carrying the restored
+//!   configuration supersedes any that was sent. Once the new source has confirmed that
+//!   fence it may have promoted and taken writes still on their way here, so the cluster
+//!   waits for the source's own fence instead, as Milvus always does.
 //! - Force promote makes a secondary the only cluster of its configuration at once, and
 //!   keeps the last checkpoints from its old source as salvage checkpoints.
 
@@ -161,7 +164,7 @@ fn take_as_primary(st: &mut State, cfg: &ReplicateConfiguration) -> std::io::Res
 /// true; otherwise it makes `cfg` pending and returns false.
 fn take_as_secondary(st: &mut State, cfg: &ReplicateConfiguration) -> std::io::Result<bool> {
     let centre_again = role_of(Some(cfg), &st.me) == Role::Primary;
-    if centre_again && st.demoted && !st.heard_from_source {
+    if centre_again && st.demoted && !st.heard_from_source && !source_has_our_fence(st) {
         rollback(st, cfg)?;
         return Ok(true);
     }
@@ -173,6 +176,18 @@ fn take_as_secondary(st: &mut State, cfg: &ReplicateConfiguration) -> std::io::R
     tracing::info!("replicate configuration pending until the source's fence arrives");
     st.save(true)?;
     Ok(false)
+}
+
+/// Whether the new source has confirmed the fence that demoted this cluster (its drain is
+/// done). Then it has taken the new configuration and may have promoted and acknowledged
+/// writes that have not arrived here yet (replication delay), so this is no rollback:
+/// re-promoting now would lose them. Milvus never re-promotes a secondary by itself; it
+/// waits until the source's fence brings the configuration, and so does this cluster then.
+fn source_has_our_fence(st: &State) -> bool {
+    match st.role() {
+        Role::Secondary { source } => !st.drains.iter().any(|d| d.cluster_id == source),
+        Role::Primary => false,
+    }
 }
 
 fn rollback(st: &mut State, cfg: &ReplicateConfiguration) -> std::io::Result<()> {
