@@ -275,6 +275,47 @@ impl Control {
         Ok(())
     }
 
+    /// Sets the topology in memory and swaps routing without writing the state: the job on
+    /// disk still names the change, so a restart before [`Control::persist_done`] finishes
+    /// it (a switchover releases its held writes this way without waiting for the disk).
+    pub fn adopt(&self, topology: Topology) {
+        {
+            let mut g = self.lock();
+            tracing::info!(epoch = topology.epoch, primary = ?topology.primary, "topology adopted (not yet persisted)");
+            g.topology = topology;
+        }
+        self.publish();
+    }
+
+    /// Persists the topology in memory and clears the pending job, off the async threads.
+    pub async fn persist_done(&self) -> Result<(), StateError> {
+        self.off_runtime(|c| {
+            let mut g = c.lock();
+            c.store.save(&PersistedState { topology: g.topology.clone(), pending_job: None })?;
+            tracing::info!(epoch = g.topology.epoch, primary = ?g.topology.primary, "topology committed");
+            g.pending_job = None;
+            Ok(())
+        })
+        .await
+    }
+
+    /// [`Control::record_job`] off the async threads (the file write and its fsyncs take
+    /// milliseconds; a job can do something else meanwhile).
+    pub async fn record_job_async(&self, job: Option<PendingJob>) -> Result<(), StateError> {
+        self.off_runtime(move |c| c.record_job(job)).await
+    }
+
+    async fn off_runtime(
+        &self,
+        f: impl FnOnce(&Control) -> Result<(), StateError> + Send + 'static,
+    ) -> Result<(), StateError> {
+        let Some(me) = self.me.upgrade() else { return f(self) };
+        let path = self.store.path().to_path_buf();
+        tokio::task::spawn_blocking(move || f(&me))
+            .await
+            .unwrap_or_else(|e| Err(StateError::Io { path, source: std::io::Error::other(e.to_string()) }))
+    }
+
     /// Counts a role change.
     pub fn count_change(&self, kind: ChangeKind, result: ChangeResult) {
         self.role_changes[kind as usize][result as usize].fetch_add(1, Ordering::Relaxed);

@@ -2,12 +2,13 @@
 //!
 //! The [`Orchestrator`] checks preconditions, then runs each role change as an asynchronous
 //! job with an id and per-step timings ([`job`]). A switchover holds writes at the gate,
-//! drains in-flight writes, sends the re-centred configuration to the old primary, then to
-//! the target (whose call returns once it has promoted), then to the other standbys,
-//! persists the topology, swaps the routing table and releases the held writes to the new
-//! primary ([`run`]). A failover fences the old primary first and force-promotes the target
-//! ([`failover`]). Before any cluster is told anything, the job is persisted, so a proxy
-//! restarted mid-job finishes or rolls it back ([`Orchestrator::recover`]).
+//! drains in-flight writes while it persists its intent, sends the re-centred
+//! configuration to the old primary, then to the target (whose call returns once it has
+//! promoted), then to the other standbys, swaps the routing table and releases the held
+//! writes to the new primary, and then persists the topology ([`run`]). A failover fences
+//! the old primary first and force-promotes the target ([`failover`]). Before any cluster
+//! is told anything, the job is persisted, so a proxy restarted mid-job finishes or rolls
+//! it back with writes held meanwhile ([`Orchestrator::recover`]).
 
 pub mod drill;
 pub mod failover;

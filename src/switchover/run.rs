@@ -104,18 +104,9 @@ pub async fn run(c: &Control, mut log: JobLog, plan: Plan) {
     c.set_state(ProxyState::Switching);
     log.done(format!("new writes are held; {} writes in flight", c.gate.writes_in_flight()));
 
-    log.step(&format!("drain in-flight writes to {from}"));
-    if !c.gate.drain(cfg.switchover.drain_timeout).await {
-        let reason = format!(
-            "{} writes still in flight to {from} after drain_timeout ({:?})",
-            c.gate.writes_in_flight(),
-            cfg.switchover.drain_timeout
-        );
-        return abandon(c, &mut log, held_before, &reason);
-    }
-    log.done("no write in flight");
-
-    log.step("persist intent");
+    // The intent is persisted while in-flight writes drain: both must be done before any
+    // cluster is told anything, and neither needs the other.
+    log.step(&format!("drain in-flight writes to {from} and persist intent"));
     let pending = PendingJob {
         id: log.id().to_string(),
         kind: "switchover".into(),
@@ -124,10 +115,21 @@ pub async fn run(c: &Control, mut log: JobLog, plan: Plan) {
         old_config: Some(ConfigRecord::from_config(&plan.old)),
         new_config: Some(ConfigRecord::from_config(&plan.new)),
     };
-    if let Err(e) = c.record_job(Some(pending)) {
+    let (drained, persisted) =
+        tokio::join!(c.gate.drain(cfg.switchover.drain_timeout), c.record_job_async(Some(pending)));
+    if let Err(e) = persisted {
         return abandon(c, &mut log, held_before, &format!("cannot persist the job: {e}"));
     }
-    log.done("");
+    if !drained {
+        let reason = format!(
+            "{} writes still in flight to {from} after drain_timeout ({:?})",
+            c.gate.writes_in_flight(),
+            cfg.switchover.drain_timeout
+        );
+        let _ = c.record_job_async(None).await;
+        return abandon(c, &mut log, held_before, &reason);
+    }
+    log.done("no write in flight; intent persisted");
 
     log.step(&format!("demote {from}"));
     let deadline = cfg.switchover.promote_timeout;
@@ -164,26 +166,31 @@ pub async fn run(c: &Control, mut log: JobLog, plan: Plan) {
         log.done(notes.join("; "));
     }
 
-    log.step("persist topology and swap routing");
+    // Routing swaps and the held writes go before the topology is written: the intent on
+    // disk names this switchover, so a restart in between finishes it (the target has
+    // promoted) with writes held, and the pause does not wait for the disk.
+    log.step("swap routing and release held writes");
     let topo = c.topology().promoted(&target);
     let epoch = topo.epoch;
-    if let Err(e) = c.commit(topo) {
-        // The clusters have switched; routing must not guess. Fail closed.
-        c.set_abnormal(Some(format!("switchover to {target} done on the clusters but not persisted: {e}")));
-        c.gate.release(HoldKey::Switchover);
-        c.count_change(ChangeKind::Switchover, ChangeResult::Failed);
-        log.finish(JobState::Failed, Some(format!("cannot persist the topology: {e}")));
-        return;
-    }
-    log.done(format!("epoch {epoch}, primary {target}"));
-
-    log.step("release held writes");
+    c.adopt(topo);
     c.set_state(ProxyState::Running);
     c.gate.release(HoldKey::Switchover);
     c.publish();
     let held = c.gate.held_total.load(std::sync::atomic::Ordering::Relaxed) - held_before;
+    log.done(format!("epoch {epoch}, primary {target}; {held} held writes released to {target}"));
+
+    log.step("persist topology");
+    if let Err(e) = c.persist_done().await {
+        // The clusters have switched and writes flow to the target, but nothing more can be
+        // recorded: fail closed (a restart finishes the job from the intent on disk).
+        c.set_abnormal(Some(format!("switchover to {target} done on the clusters but not persisted: {e}")));
+        record_holds(c, &log, held_before);
+        c.count_change(ChangeKind::Switchover, ChangeResult::Failed);
+        log.finish(JobState::Failed, Some(format!("cannot persist the topology: {e}")));
+        return;
+    }
     settle(c).await;
-    log.done(format!("{held} held writes released to {target}"));
+    log.done(format!("epoch {epoch} written"));
     record_holds(c, &log, held_before);
     c.count_change(ChangeKind::Switchover, ChangeResult::Succeeded);
     log.finish(JobState::Succeeded, None);
