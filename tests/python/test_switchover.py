@@ -196,6 +196,11 @@ def make_collection(client, name: str, dim: int = DIM) -> None:
     client.create_collection(name, schema=s, index_params=ip, consistency_level="Bounded")
 
 
+def step_ms(job: dict, prefix: str) -> float:
+    """The summed duration of a job's steps whose names start with ``prefix``, in ms."""
+    return sum(s["duration_ms"] or 0.0 for s in job["steps"] if s["name"].startswith(prefix))
+
+
 def count(client, name: str) -> int:
     return int(client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")[0]["count(*)"])
 
@@ -441,6 +446,33 @@ def test_slow_promotion_rolls_back_and_held_writes_land_on_the_old_primary(bed):
     client.close()
 
 
+def test_quick_switch_back_under_replication_delay_keeps_the_new_primarys_writes(bed):
+    """A -> B, rows written on B, and B -> A at once, all under 300 ms replication delay: the
+    switch back waits for B's log to reach A (its promote step lasts about the delay), and
+    every row B acknowledged is on A, the primary again."""
+    from pymilvus import MilvusClient
+
+    ensure_primary(bed, A)
+    client = MilvusClient(uri=bed.sy.uri, token="root:Milvus")
+    make_collection(client, "quickback")
+    wait_count(bed.b, "quickback", 0)
+    for s in bed.standins.values():
+        s.control("/fault/replication/delay", ms=300)
+    try:
+        j1 = bed.switchover(B, expected=A)
+        client.insert("quickback", [{"id": i, "vec": [float(i), 0, 0, 1]} for i in range(10)])
+        j2 = bed.switchover(A, expected=B)
+    finally:
+        for s in bed.standins.values():
+            s.control("/fault/replication/delay", ms=0)
+    assert j1["state"] == "succeeded" and j2["state"] == "succeeded", (j1, j2)
+    print(f"\npromote steps: A->B {step_ms(j1, 'promote'):.0f} ms, B->A {step_ms(j2, 'promote'):.0f} ms")
+    assert step_ms(j2, "promote") >= 250, j2["steps"]
+    assert sorted(ids_on(bed.a.client(), "quickback", 0, 100)) == list(range(10))
+    wait_count(bed.b, "quickback", 10)
+    client.close()
+
+
 # --- 3. refusals change nothing --------------------------------------------------------------
 
 
@@ -649,8 +681,8 @@ def test_automatic_failover_fences_the_dead_primary_and_reports_the_loss(tmp_pat
 # --- 6. switchyard SIGKILLed at each step of a switchover ------------------------------------
 
 
-STEPS = ["hold writes", "drain in-flight writes", "persist intent", "demote", "promote",
-         "persist topology and swap routing", "release held writes"]
+STEPS = ["hold writes", "drain in-flight writes", "demote", "promote", "swap routing and release held writes",
+         "persist topology"]
 
 
 def state_file(bed: Bed) -> dict:
@@ -777,3 +809,154 @@ def test_ctl_drill_prints_step_timings(bed):
     t = bed.topology()
     assert t["primary"] == A and t["state"] == "RUNNING" and t["epoch"] == epoch + 2, t
     assert bed.roles() == {A: "primary", B: "secondary"}
+
+
+# --- 8. measurement: the pause a switchover adds beyond the clusters' promotion ---------------
+
+
+def pct(xs: list, p: float) -> float:
+    """The p-th percentile (nearest rank) of ``xs``."""
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, int(round(p / 100 * len(s) + 0.5)) - 1))]
+
+
+def measure_pauses(bed: Bed, delay_ms: int, n: int, collection: str) -> dict:
+    """``n`` switchovers alternating under 4 writers with ``delay_ms`` of replication delay.
+    Per switchover: promote = the job's promote step (the clusters' own promotion); hold = the
+    job's longest_hold_ms; writer = the longest insert a writer saw overlapping the job."""
+    from pymilvus import MilvusClient
+
+    ensure_primary(bed, A)
+    client = MilvusClient(uri=bed.sy.uri, token="root:Milvus")
+    make_collection(client, collection)
+    client.close()
+    before = bed.counters()
+    for s in bed.standins.values():
+        s.control("/fault/replication/delay", ms=delay_ms)
+    w = Writers(bed.sy.uri, collection, n=4, batch=10).start()
+    rows = []
+    try:
+        wait_until(lambda: len(w.acked) >= 20, timeout=30, what="writes flowing")
+        primary = A
+        for i in range(n):
+            target = B if primary == A else A
+            bed.wait_lag_known(target)
+            t0 = time.monotonic()
+            j = bed.switchover(target, expected=primary, timeout=60)
+            t1 = time.monotonic()
+            assert j["state"] == "succeeded", j
+            primary = target
+            k = len(w.acked)
+            wait_until(lambda: len(w.acked) >= k + 8, timeout=30, what="writes after the switchover")
+            rows.append({
+                "promote": step_ms(j, "promote"),
+                "hold": j["longest_hold_ms"],
+                "writer": w.max_latency_in(t0, t1) * 1e3,
+                "held": j["held_writes"],
+                "steps": {s["name"].split(" ")[0]: s["duration_ms"]
+                          for s in j["steps"]},
+            })
+        ensure_primary(bed, A)
+    finally:
+        w.stop()
+        for s in bed.standins.values():
+            s.control("/fault/replication/delay", ms=0)
+    assert not w.errors, w.errors[:5]
+    # Measured, and still correct: every acknowledged row is on the final primary, and no write
+    # reached a standby.
+    assert count(bed.a.client(), collection) == len(w.acked_ids())
+    d = delta(bed.counters(), before)
+    assert d[A]["writes_rejected"] == 0 and d[B]["writes_rejected"] == 0, d
+    base = sorted(t1 - t0 for (t0, t1, _) in w.acked)
+    added_hold = [r["hold"] - r["promote"] for r in rows]
+    added_writer = [r["writer"] - r["promote"] for r in rows]
+    steps = {k: statistics.median(r["steps"].get(k, 0.0) for r in rows) for k in rows[0]["steps"]}
+    return {
+        "delay_ms": delay_ms, "n": n, "rows": rows,
+        "promote_p50": pct([r["promote"] for r in rows], 50), "promote_p99": pct([r["promote"] for r in rows], 99),
+        "hold_p50": pct([r["hold"] for r in rows], 50), "hold_p99": pct([r["hold"] for r in rows], 99),
+        "added_hold_p50": pct(added_hold, 50), "added_hold_p99": pct(added_hold, 99),
+        "writer_p50": pct([r["writer"] for r in rows], 50), "writer_p99": pct([r["writer"] for r in rows], 99),
+        "added_writer_p50": pct(added_writer, 50), "added_writer_p99": pct(added_writer, 99),
+        "insert_p50": base[len(base) // 2] * 1e3, "insert_p99": pct(base, 99) * 1e3,
+        "held_mean": statistics.mean(r["held"] for r in rows), "steps_p50": steps,
+    }
+
+
+def describe_machine() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except OSError:
+        out = ""
+    f = {k.strip(): v.strip() for k, v in (l.split(":", 1) for l in out.splitlines() if ":" in l)}
+    load = " ".join(open("/proc/loadavg").read().split()[:3]) if os.path.exists("/proc/loadavg") else "?"
+    return (f"{f.get('Model name', platform.processor() or '?')}, {f.get('CPU(s)', os.cpu_count())} CPUs "
+            f"({f.get('Thread(s) per core', '?')} thread(s) per core, hypervisor {f.get('Hypervisor vendor', 'none')}), "
+            f"Linux {platform.release()}; load average {load}")
+
+
+def report(results: list, machine: str) -> str:
+    head = ("| replication delay | switchovers | promote p50 / p99 ms | longest hold p50 / p99 ms | **added (hold − promote) "
+            "p50 / p99 ms** | writer-observed max p50 / p99 ms | writer − promote p50 / p99 ms | every insert "
+            "p50 / p99 ms |\n|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines = [head]
+    for r in results:
+        lines.append(
+            f"| {r['delay_ms']} ms | {r['n']} | {r['promote_p50']:.1f} / {r['promote_p99']:.1f} | "
+            f"{r['hold_p50']:.1f} / {r['hold_p99']:.1f} | **{r['added_hold_p50']:.1f} / {r['added_hold_p99']:.1f}** | "
+            f"{r['writer_p50']:.1f} / {r['writer_p99']:.1f} | {r['added_writer_p50']:.1f} / {r['added_writer_p99']:.1f} | "
+            f"{r['insert_p50']:.1f} / {r['insert_p99']:.1f} |")
+    steps = "\n".join(f"- {r['delay_ms']} ms delay: " + ", ".join(f"{k} {v:.1f}" for k, v in r["steps_p50"].items())
+                      for r in results)
+    return ("\n".join(lines) + "\n\nMedian step durations (ms) of the switchover jobs (writes are held from `hold` "
+            "to `swap`; `persist` runs after they are released):\n\n" + steps + "\n")
+
+
+TARGET_ADDED_P99_MS = 50.0
+BENCH_BEGIN = "<!-- switchover-pause: written by tests/python/test_switchover.py::test_added_pause_measurement -->"
+BENCH_END = "<!-- /switchover-pause -->"
+
+
+def write_benchmarks(text: str) -> None:
+    path = REPO / "BENCHMARKS.md"
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = f"{BENCH_BEGIN}\n{text.rstrip()}\n{BENCH_END}\n"
+    if BENCH_BEGIN in old and BENCH_END in old:
+        new = old[: old.index(BENCH_BEGIN)] + section + old[old.index(BENCH_END) + len(BENCH_END) + 1:]
+    else:
+        new = old.rstrip("\n") + "\n\n" + section
+    path.write_text(new)
+
+
+@pytest.mark.slow
+def test_added_pause_measurement(bed):
+    """The write pause a switchover adds beyond the clusters' own promotion time, at 0 and 200 ms
+    replication delay, 20 switchovers each. Target: at most 50 ms added at p99."""
+    results = [measure_pauses(bed, d, 20, f"pause{d}") for d in (0, 200)]
+    machine = describe_machine()
+    table = report(results, machine)
+    print("\n" + table)
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    write_benchmarks(
+        "## Switchover write pause\n\n"
+        "How long a planned switchover holds writes beyond what the clusters themselves need to\n"
+        "promote: `tests/python/test_switchover.py::test_added_pause_measurement` (debug build,\n"
+        "milvus-standin over milvus-lite, 4 pymilvus writers inserting 10-row batches through\n"
+        "switchyard, 20 switchovers alternating A→B→A per delay). **promote** is the job's\n"
+        "`promote` step: the target applying the old primary's remaining log and promoting (it\n"
+        "grows with the replication delay). **longest hold** is the job's `longest_hold_ms`: the\n"
+        "longest any write waited at the gate. **added** = longest hold − promote, per switchover.\n"
+        "**writer-observed** is the longest insert a writer saw overlapping the job (it includes the\n"
+        "insert's own service time, see the last column). Most of what is added is the drain: the\n"
+        "held writes wait for the slowest insert already in flight to the old primary.\n"
+        "Target: added ≤ 50 ms at p99: "
+        + ", ".join(f"{'met' if r['added_hold_p99'] <= TARGET_ADDED_P99_MS else 'missed'} at {r['delay_ms']} ms"
+                    for r in results) + ".\n\n"
+        f"Run: {time.strftime('%Y-%m-%d')}, commit {sha}. Machine: {machine}.\n\n" + table)
+    for r in results:
+        met = "met" if r["added_hold_p99"] <= TARGET_ADDED_P99_MS else "MISSED"
+        print(f"target: added pause p99 <= {TARGET_ADDED_P99_MS:.0f} ms at {r['delay_ms']} ms delay: {met} "
+              f"({r['added_hold_p99']:.1f} ms)")
+        # The target is recorded, not asserted: on 2 shared cores a single slow insert in flight
+        # (the drain waits for it) moves p99 of 20 samples. This guards against regressions.
+        assert r["added_hold_p99"] <= 3 * TARGET_ADDED_P99_MS, (r["delay_ms"], r["added_hold_p99"], r["rows"])
