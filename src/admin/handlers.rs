@@ -232,7 +232,7 @@ pub(super) async fn readmit(
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
     authorize(&s, &headers)?;
-    s.orch.readmit(&id).map_err(|e| AdminError(StatusCode::CONFLICT, "precondition_failed", e.0))?;
+    s.orch.readmit(&id).await.map_err(|e| AdminError(StatusCode::CONFLICT, "precondition_failed", e.0))?;
     Ok(Json(json!({"topology": topology_json(&s)})))
 }
 

@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::Mutex as AsyncMutex;
 use tokio::task::JoinHandle;
 
-use crate::control::Control;
+use crate::control::{self, Control};
 use crate::gate::HoldKey;
 use crate::topology::{ProxyState, Topology};
 pub use job::{JobRecord, JobState, Jobs};
@@ -97,16 +97,40 @@ impl Orchestrator {
         Ok(id)
     }
 
-    /// Takes a fenced or rebuilt cluster back as a standby.
-    pub fn readmit(&self, id: &str) -> Result<Topology, Refusal> {
+    /// Takes a fenced or rebuilt cluster back as a standby, once its own replicate
+    /// configuration names the current primary as its source (it has been rebuilt).
+    pub async fn readmit(&self, id: &str) -> Result<Topology, Refusal> {
         let c = &self.control;
-        if c.cluster(id).is_none() {
+        let Some(cluster) = c.cluster(id) else {
             return Err(Refusal(format!("unknown cluster {id:?}")));
-        }
-        let mut t = c.topology();
+        };
+        let t = c.topology();
         if !t.fenced.iter().any(|f| f == id) && !t.rebuild.iter().any(|f| f == id) {
             return Err(Refusal(format!("cluster {id} is neither fenced nor waiting for a rebuild")));
         }
+        // An old primary readmitted as it is still names itself primary: discovery would see
+        // the clusters disagree, hold writes and then refuse them. Check first.
+        if let Some(primary) = t.primary.as_deref() {
+            let timeout = c.config().health.timeout.max(Duration::from_secs(2));
+            match control::discovery::read_config(&cluster, timeout).await {
+                Err(e) => {
+                    return Err(Refusal(format!(
+                        "cannot read the replicate configuration of {id} to check it was rebuilt: {e}"
+                    )));
+                }
+                Ok(Some(cfg)) => {
+                    let names = control::discovery::primary_of(id, Some(&cfg));
+                    if names != primary {
+                        return Err(Refusal(format!(
+                            "{id}'s own replicate configuration names {names} as primary, not {primary}: rebuild \
+                             it as a standby of {primary} (replicate {primary} -> {id}) before readmitting it"
+                        )));
+                    }
+                }
+                Ok(None) => {} // no CDC support: nothing to check
+            }
+        }
+        let mut t = c.topology();
         t.fenced.retain(|f| f != id);
         t.rebuild.retain(|f| f != id);
         if !t.standbys.iter().any(|s| s == id) && t.primary.as_deref() != Some(id) {
