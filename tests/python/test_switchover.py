@@ -661,6 +661,11 @@ def test_automatic_failover_fences_the_dead_primary_and_reports_the_loss(tmp_pat
               f"{len(errors_before_failover)} writes failed while A was dead")
         assert job["possible_loss_rows"] == len(lost), (job, len(lost))
 
+        # Readmit is refused while A still names itself primary (not rebuilt): readmitting it as
+        # it is would make the clusters disagree.
+        code, r = bed.api("POST", f"/v1/clusters/{A}/readmit")
+        assert code == 409 and "names cluster-a as primary, not cluster-b" in r["error"], (code, r)
+        assert bed.topology()["fenced"] == [A]
         # Readmit, once A is rebuilt as B's standby: switchyard talks to A again.
         replicate(bed.b, bed.a, tokens=TOKENS)
         a_before = bed.a.state()["counters"]
