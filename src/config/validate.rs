@@ -343,6 +343,27 @@ pchannels = 3
     }
 
     #[test]
+    fn toml_errors_never_quote_the_file() {
+        let secret = "root:S3cretPassw0rd";
+        for (text, needle) in [
+            // an unterminated string on the token line
+            (
+                GOOD.replace("pchannels = 2\nrole", &format!("token = \"{secret}\npchannels = 2\nrole")),
+                "line 7, column 29",
+            ),
+            // a misspelt key beside a secret
+            (GOOD.replace("pchannels = 2\nrole", &format!("tokn = \"{secret}\"\npchannels = 2\nrole")), "tokn"),
+            // a value of the wrong type
+            (GOOD.replace("address = \"127.0.0.1:0\"", &format!("max_concurrent_streams = \"{secret}\"")), "u32"),
+        ] {
+            let e = Config::from_toml(&text, Path::new(".")).unwrap_err();
+            let all = e.problems.join("\n");
+            assert!(!all.contains("S3cret"), "{all}");
+            assert!(all.starts_with("invalid TOML at line ") && all.contains(needle), "{all}");
+        }
+    }
+
+    #[test]
     fn secrets_never_print() {
         let c = Config::from_toml(
             &GOOD.replace("pchannels = 2\nrole", "token = \"root:Milvus\"\npchannels = 2\nrole"),
