@@ -189,6 +189,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
 }
 
+/// Whether a uri's authority carries `user[:password]@`.
+fn has_userinfo(uri: &str) -> bool {
+    let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
+    rest.split(['/', '?', '#']).next().is_some_and(|authority| authority.contains('@'))
+}
+
 fn validate_clusters(c: &mut Checker, raw: &RawConfig) -> Vec<ClusterConfig> {
     let mut out = Vec::new();
     if raw.clusters.is_empty() {
@@ -206,6 +212,14 @@ fn validate_clusters(c: &mut Checker, raw: &RawConfig) -> Vec<ClusterConfig> {
         }
         let uri = rc.uri.clone().unwrap_or_default();
         match uri.parse::<http::Uri>() {
+            // The uri is shown in /v1/clusters, /global-cluster/topology and logs, and the
+            // upstream would not send credentials written there anyway: refuse them, without
+            // repeating the uri.
+            _ if has_userinfo(&uri) => c.problems.push(format!(
+                "{}: credentials in the uri (user:password@) are not supported and would be shown wherever the uri is; put them in {}",
+                at("uri"),
+                at("token")
+            )),
             Ok(u) if matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some() => {}
             _ => c.problems.push(format!("{}: {uri:?} must be http://host:port or https://host:port", at("uri"))),
         }
@@ -361,6 +375,17 @@ pchannels = 3
             assert!(!all.contains("S3cret"), "{all}");
             assert!(all.starts_with("invalid TOML at line ") && all.contains(needle), "{all}");
         }
+    }
+
+    #[test]
+    fn credentials_in_a_uri_are_refused_without_repeating_them() {
+        for uri in ["http://root:S3cret@127.0.0.1:1", "root:S3cret@127.0.0.1:1", "https://S3cret@h:1/x"] {
+            let e = Config::from_toml(&GOOD.replace("http://127.0.0.1:1", uri), Path::new(".")).unwrap_err();
+            let all = e.problems.join("\n");
+            assert!(all.contains("clusters[0].uri: credentials") && all.contains("clusters[0].token"), "{all}");
+            assert!(!all.contains("S3cret"), "{all}");
+        }
+        assert!(Config::from_toml(&GOOD.replace("127.0.0.1:1", "127.0.0.1:1/p?q=a@b"), Path::new(".")).is_ok());
     }
 
     #[test]
