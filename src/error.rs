@@ -83,6 +83,17 @@ pub enum ProxyError {
     /// switchyard is shutting down.
     #[error("shutting down; request not sent, retry against another proxy")]
     ShuttingDown,
+    /// The shutdown grace period ended while the call waited for its cluster's answer.
+    #[error(
+        "shutting down; {cluster} had not answered when the shutdown grace period ended; {}",
+        if *may_be_applied { "the write may have been applied, check before retrying" } else { "safe to retry" }
+    )]
+    CutOff {
+        /// The cluster the call was sent to.
+        cluster: String,
+        /// Whether it was a write (which the cluster may have applied).
+        may_be_applied: bool,
+    },
 }
 
 impl ProxyError {
@@ -95,7 +106,8 @@ impl ProxyError {
             | ProxyError::MaybeSent { .. }
             | ProxyError::HeldTooLong { .. }
             | ProxyError::HoldFailed { .. }
-            | ProxyError::ShuttingDown => Code::Unavailable,
+            | ProxyError::ShuttingDown
+            | ProxyError::CutOff { .. } => Code::Unavailable,
             ProxyError::MessageTooLarge { .. } | ProxyError::GateFull(_) => Code::ResourceExhausted,
             ProxyError::BadBody(_) => Code::InvalidArgument,
             ProxyError::ReplicateConfigRefused | ProxyError::Fenced(_) => Code::FailedPrecondition,
@@ -116,5 +128,11 @@ mod tests {
         assert_eq!(st.code, Code::Unavailable);
         assert_eq!(st.message, "switchyard: write held 30s during switchover to cluster-b; not sent, safe to retry");
         assert_eq!(ProxyError::ReplicateConfigRefused.status().code, Code::FailedPrecondition);
+        let cut = ProxyError::CutOff { cluster: "cluster-a".into(), may_be_applied: true }.status();
+        assert_eq!(cut.code, Code::Unavailable);
+        assert_eq!(
+            cut.message,
+            "switchyard: shutting down; cluster-a had not answered when the shutdown grace period ended; the write may have been applied, check before retrying"
+        );
     }
 }

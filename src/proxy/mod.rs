@@ -54,6 +54,9 @@ pub struct Proxy {
     levels: LevelCache,
     /// Calls switchyard answered itself (no cluster).
     pub local_stats: RequestStats,
+    /// Cancelled near the end of the shutdown grace period: calls still waiting for their
+    /// cluster are answered with a clear error instead of being cut off with the connection.
+    cut_off: tokio_util::sync::CancellationToken,
 }
 
 /// Per-connection state.
@@ -74,6 +77,14 @@ struct Call {
     kind: Kind,
     label: KindLabel,
     start: Instant,
+    /// The cluster the call was last sent to (for the error if shutdown cuts it off).
+    sent_to: std::sync::Mutex<Option<Arc<str>>>,
+}
+
+impl Call {
+    fn sending_to(&self, cluster: &Cluster) {
+        *self.sent_to.lock().unwrap_or_else(|p| p.into_inner()) = Some(cluster.id.clone());
+    }
 }
 
 impl Proxy {
@@ -84,7 +95,14 @@ impl Proxy {
             max_message_size,
             levels: LevelCache::default(),
             local_stats: RequestStats::default(),
+            cut_off: tokio_util::sync::CancellationToken::new(),
         })
+    }
+
+    /// Shutdown, at the end of the grace period: every call still waiting for its cluster
+    /// is answered now with a `switchyard:` error saying whether it may have been applied.
+    pub fn cut_off_calls(&self) {
+        self.cut_off.cancel();
     }
 
     /// The control side.
@@ -99,7 +117,7 @@ impl Proxy {
         }
         let method = method::lookup(req.uri().path());
         let kind = method.map(|m| m.kind).unwrap_or(Kind::Write(method::WriteClass::Ddl));
-        let call = Call { method, kind, label: label(kind), start: Instant::now() };
+        let call = Call { method, kind, label: label(kind), start: Instant::now(), sent_to: Default::default() };
         let (label, start) = (call.label, call.start);
         let span = tracing::debug_span!(
             "rpc",
@@ -108,7 +126,13 @@ impl Proxy {
             route.epoch = tracing::field::Empty,
             upstream.cluster = tracing::field::Empty,
         );
-        match tracing::Instrument::instrument(self.route(req, call, &conn), span).await {
+        let routed = tracing::Instrument::instrument(self.route(req, &call, &conn), span);
+        let result = tokio::select! {
+            biased;
+            r = routed => r,
+            _ = self.cut_off.cancelled() => Err(cut_off_error(&call)),
+        };
+        match result {
             Ok(resp) => resp,
             Err(e) => {
                 let st = e.status();
@@ -119,7 +143,7 @@ impl Proxy {
         }
     }
 
-    async fn route(&self, req: Request<Incoming>, call: Call, conn: &ConnInfo) -> Result<Response<Body>, ProxyError> {
+    async fn route(&self, req: Request<Incoming>, call: &Call, conn: &ConnInfo) -> Result<Response<Body>, ProxyError> {
         if call.method.is_some_and(|m| m.name == "UpdateReplicateConfiguration") {
             return Err(ProxyError::ReplicateConfigRefused);
         }
@@ -132,7 +156,7 @@ impl Proxy {
         let method_name = call.method.map(|m| m.name).unwrap_or("");
 
         match call.kind {
-            Kind::Write(_) => write::write(self, table, parts, body, &call, conn).await,
+            Kind::Write(_) => write::write(self, table, parts, body, call, conn).await,
             Kind::Control | Kind::Streaming => {
                 body.read_ahead(false).await?;
                 let target = match named {
@@ -143,7 +167,7 @@ impl Proxy {
                         .or_else(|| table.readable.first().cloned())
                         .ok_or_else(|| ProxyError::NoReadTarget { reason: "no cluster is up".into() })?,
                 };
-                self.forward(target, &table, parts, body, &call).await
+                self.forward(target, &table, parts, body, call).await
             }
             Kind::Read(class) => {
                 let fields = if class == ReadClass::Data && read::has_level(method_name) {
@@ -155,7 +179,7 @@ impl Proxy {
                 };
                 if let Some(n) = named {
                     let target = named_cluster(&table, &n)?;
-                    return self.forward(target, &table, parts, body, &call).await;
+                    return self.forward(target, &table, parts, body, call).await;
                 }
                 let db = db_of(&parts, fields.as_ref().map(|f| f.db_name.as_str()));
                 let level = match &fields {
@@ -170,7 +194,7 @@ impl Proxy {
                         .flatten()
                 });
                 let target = policy::read_target(call.kind, level, &table.policy);
-                self.read(&table, target, required, parts, body, &call).await
+                self.read(&table, target, required, parts, body, call).await
             }
         }
     }
@@ -277,6 +301,7 @@ impl Proxy {
 
     /// Sends and wraps the answer so the outcome is recorded when it ends.
     async fn send(&self, cluster: &Arc<Cluster>, req: Request<Body>, call: &Call) -> Result<Response<Body>, SendError> {
+        call.sending_to(cluster);
         tracing::Span::current().record("upstream.cluster", &*cluster.id);
         let in_flight = InFlight::new(cluster.clone());
         let resp = cluster.upstream.send(req).await?;
@@ -297,6 +322,16 @@ impl Proxy {
         match e {
             SendError::NotSent(e, _) => ProxyError::NotSent { cluster: cluster.id.to_string(), detail: e.to_string() },
             SendError::Sent(e) => ProxyError::MaybeSent { cluster: cluster.id.to_string(), detail: e.to_string() },
+        }
+    }
+}
+
+/// The answer for a call still waiting for its cluster when shutdown cuts calls off.
+fn cut_off_error(call: &Call) -> ProxyError {
+    match call.sent_to.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        None => ProxyError::ShuttingDown,
+        Some(cluster) => {
+            ProxyError::CutOff { cluster: cluster.to_string(), may_be_applied: call.label == KindLabel::Write }
         }
     }
 }

@@ -65,6 +65,7 @@ pub(super) async fn write(
         tracing::Span::current().record("upstream.cluster", &*primary.id);
         let in_flight = InFlight::new(primary.clone());
         let _writing = gate.write_started();
+        call.sending_to(&primary);
         let resp = match primary.upstream.send(req).await {
             Ok(r) => r,
             Err(e @ SendError::NotSent(..)) | Err(e @ SendError::Sent(_)) => {
