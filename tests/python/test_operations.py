@@ -1040,3 +1040,41 @@ def DataType_INT64():
 def DataType_FLOAT_VECTOR():
     from pymilvus import DataType
     return DataType.FLOAT_VECTOR
+
+
+def test_sigterm_with_calls_stuck_on_frozen_clusters_answers_them_before_the_grace_ends(bed_factory):
+    bed = bed_factory()
+    a, b = bed["cluster-a"], bed["cluster-b"]
+    make_collection(a, rows=10)
+    wait_rows(b, 10)
+    search(bed.raw)
+    for s in (a, b):  # both clusters stop answering: a write and a read hang on them
+        s.control("/fault/freeze")
+        bed.cleanups.append(lambda s=s: s.control("/fault/thaw"))
+
+    def timed(method, req):
+        raw = Raw(bed.sy.addr)
+        try:
+            return raw.call(method, req, timeout=30, token=SECRET) + (time.monotonic(),)
+        finally:
+            raw.close()
+
+    stuck = [in_thread(timed, "Insert", insert_request([777])), in_thread(timed, "Search", search_request())]
+    wait_until(lambda: [c["in_flight"] for c in clusters_view(bed).values()] == [1, 1], timeout=10,
+               what="one call in flight on each cluster")
+    out = sigterm_and_watch(bed)
+    for t, _ in stuck:
+        t.join(GRACE + 10)
+    print(f"\nfrozen clusters: exit {out['exit_s']:.3f}s after SIGTERM, code {out['code']}; "
+          f"answers {[r.get('value', r.get('error')) for _, r in stuck]}")
+    assert out["exit_s"] < GRACE, out
+    assert_readyz_turned(out["ready"])
+    (_, w), (_, r) = stuck
+    code, details, _, t1 = w["value"]
+    assert code == grpc.StatusCode.UNAVAILABLE and details.startswith("switchyard: shutting down"), details
+    assert "may have been applied" in details and "cluster-a" in details, details
+    assert t1 - out["t_sig"] < GRACE
+    code, details, _, t1 = r["value"]
+    assert code == grpc.StatusCode.UNAVAILABLE and details.startswith("switchyard: shutting down"), details
+    assert "safe to retry" in details and "cluster-b" in details, details
+    assert t1 - out["t_sig"] < GRACE
