@@ -622,6 +622,34 @@ def test_reload_adds_a_standby_live_and_refuses_bad_changes(bed_factory):
     r = bed.admin("POST", "/v1/reload")
     assert r.status_code == 200 and r.json()["epoch"] == topo["epoch"], r.text
 
+    # While a switchover runs, cluster changes wait: removing its target is refused, and so is
+    # adding or removing any other cluster; other settings still change.
+    a.control("/fault/replication/pause")  # B's promotion waits for A's fence: the job runs on
+    bed.cleanups.append(lambda: a.control("/fault/replication/resume"))
+    r = bed.admin("POST", "/v1/switchover", json={"target": "cluster-b"})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    wait_until(lambda: bed.topology()["state"] == "SWITCHING", timeout=10, what="SWITCHING")
+    for drop in ("cluster-b", "cluster-c"):
+        sy.clusters = [e for e in saved if e["id"] != drop]
+        sy.write_config()
+        sy.clusters = saved
+        r = bed.admin("POST", "/v1/reload")
+        assert r.status_code == 400, r.text
+        assert any("switchover" in e and "running" in e for e in r.json()["errors"]), r.text
+    sy.config_path.write_text(good.replace('max_read_lag = "10s"', 'max_read_lag = "20s"') if 'max_read_lag' in good
+                              else good + '\n[routing]\nmax_read_lag = "20s"\n')
+    r = bed.admin("POST", "/v1/reload")
+    assert r.status_code == 200, r.text
+    sy.write_config()
+    a.control("/fault/replication/resume")
+    job = bed.wait_job(job_id)
+    assert job["state"] == "succeeded", job
+    topo = bed.topology()
+    assert topo["primary"] == "cluster-b" and set(topo["standbys"]) == {"cluster-a", "cluster-c"}, topo
+    r = bed.admin("POST", "/v1/reload")
+    assert r.status_code == 200, r.text
+
     # One client, one connection, through all of it.
     for _ in range(5):
         search(bed.raw)
