@@ -922,6 +922,57 @@ def test_pymilvus_global_topology_reads_the_endpoint_and_follows_a_switchover(be
         assert seen and seen[-1].version == v2 and seen[-1].primary.endpoint == uris["cluster-b"]
         refresher.stop()
 
+    # A force failover to C: B is fenced, A must be rebuilt; neither is offered to the SDKs.
+    # While no cluster can take writes (B fenced, C not yet promoted), the endpoint says so
+    # with a non-200 answer the SDK retries, never a topology without a primary (pymilvus
+    # raises ValueError on those).
+    c = bed["cluster-c"]
+    c.control("/fault/latency", ms=700)  # the failover's calls to C take a while
+    answers: list = []
+    stop = threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            r = requests.get(url + "/global-cluster/topology", timeout=10)
+            answers.append((r.status_code, r.json()))
+            time.sleep(0.02)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    bed.cleanups.append(stop.set)
+    r = bed.admin("POST", "/v1/failover", json={"target": "cluster-c"})
+    assert r.status_code == 202, r.text
+    job = bed.wait_job(r.json()["job_id"])
+    stop.set()
+    poller.join(10)
+    c.control("/fault/latency", ms=0)
+    assert job["state"] == "succeeded", job
+    topo = bed.topology()
+    assert topo["fenced"] == ["cluster-b"] and topo["rebuild"] == ["cluster-a"], topo
+    for status, body in answers:
+        if status == 200:
+            caps = [cl["capability"] for cl in body["data"]["clusters"]]
+            assert caps.count(3) == 1, body
+        else:
+            assert status == 503 and body["code"] != 0 and body["message"].startswith("switchyard:"), body
+    assert any(status != 200 for status, _ in answers), "the failover's window without a primary was not seen"
+    body = requests.get(url + "/global-cluster/topology", timeout=10).json()
+    assert [(cl["clusterId"], cl["capability"]) for cl in body["data"]["clusters"]] == [("cluster-c", 3)], body
+    v3 = int(body["data"]["version"])
+    assert v3 > v2 and v3 == topo["epoch"]
+    if gt is not None:
+        t = gt.fetch_topology(url, SECRET)
+        assert t.primary.cluster_id == "cluster-c" and t.version == v3
+
+    # Readmitted, they are standbys again (readable).
+    for cid in ("cluster-a", "cluster-b"):
+        r = bed.admin("POST", f"/v1/clusters/{cid}/readmit")
+        assert r.status_code == 200, r.text
+    body = requests.get(url + "/global-cluster/topology", timeout=10).json()
+    assert sorted((cl["clusterId"], cl["capability"]) for cl in body["data"]["clusters"]) == [
+        ("cluster-a", 1), ("cluster-b", 1), ("cluster-c", 3)], body
+    assert int(body["data"]["version"]) == bed.topology()["epoch"] == v3 + 2
+
 
 # --- 5. no secrets (last: it greps every log of the run) --------------------------------------
 
