@@ -345,9 +345,21 @@ def test_metrics_after_a_scripted_workload_with_one_switchover(bed_factory):
         assert "error" not in out and "value" in out, out
     wait_until(lambda: bed.scrape().one("switchyard_held_writes") == 0, timeout=10, what="no held writes")
 
-    # The switchover.
-    job = bed.switchover("cluster-b")
-    assert job["state"] == "succeeded", job
+    # The switchover, with two writes held while it runs (A's log is paused, so B's promotion
+    # waits for A's fence until it resumes).
+    a.control("/fault/replication/pause")
+    r = bed.admin("POST", "/v1/switchover", json={"target": "cluster-b"})
+    assert r.status_code == 202, r.text
+    wait_until(lambda: bed.topology()["state"] == "SWITCHING", timeout=10, what="SWITCHING")
+    held = [in_thread(insert, Raw(bed.sy.addr), [next(next_id)]) for _ in range(2)]
+    wait_until(lambda: bed.scrape().one("switchyard_held_writes") == 2, timeout=10, what="2 writes held by the job")
+    assert bed.scrape().one("switchyard_state", state="SWITCHING") == 1
+    a.control("/fault/replication/resume")
+    job = bed.wait_job(r.json()["job_id"])
+    assert job["state"] == "succeeded" and job["held_writes"] == 2, job
+    for t, out in held:
+        t.join(15)
+        assert "error" not in out and "value" in out, out
     topo = bed.topology()
     assert topo["primary"] == "cluster-b" and topo["epoch"] == epoch0 + 1, topo
 
@@ -371,7 +383,7 @@ def test_metrics_after_a_scripted_workload_with_one_switchover(bed_factory):
         ("read", "cluster-a", "OK"): M1 + 1 + R2,
         ("read", "switchyard", "NOT_FOUND"): 1,
         ("control", "switchyard", "FAILED_PRECONDITION"): 1,
-        ("write", "cluster-b", "OK"): W2,
+        ("write", "cluster-b", "OK"): W2 + 2,
         ("control", "cluster-b", "OK"): C2,
     }
     # Outcomes are recorded as the answer's last frame passes: poll briefly.
@@ -404,7 +416,7 @@ def test_metrics_after_a_scripted_workload_with_one_switchover(bed_factory):
     assert m.types.get("switchyard_held_writes") == "gauge"
     assert m.one("switchyard_held_writes") == 0
     assert m.types.get("switchyard_hold_duration_seconds") == "histogram"
-    assert m.one("switchyard_hold_duration_seconds_count") - hold0 == 2 + job["held_writes"]
+    assert m.one("switchyard_hold_duration_seconds_count") - hold0 == 2 + 2
     hb = [v for _, v in m.all("switchyard_hold_duration_seconds_bucket")]
     assert hb == sorted(hb) and hb[-1] == m.one("switchyard_hold_duration_seconds_count"), hb
 
@@ -1119,6 +1131,29 @@ def DataType_INT64():
 def DataType_FLOAT_VECTOR():
     from pymilvus import DataType
     return DataType.FLOAT_VECTOR
+
+
+def test_sigterm_during_an_operator_pause_sends_the_held_writes_to_the_primary(bed_factory):
+    bed = bed_factory()
+    a, b = bed["cluster-a"], bed["cluster-b"]
+    make_collection(a, rows=10)
+    wait_rows(b, 10)
+    r = bed.admin("POST", "/v1/writes/pause", json={"timeout": "10m"})
+    assert r.status_code == 200, r.text
+    before = a.state()["counters"]["writes_served"]
+    writers = [in_thread(lambda i=i: Raw(bed.sy.addr).call("Insert", insert_request([800_000 + i]), timeout=30,
+                                                            token=SECRET)) for i in range(3)]
+    wait_until(lambda: bed.scrape().one("switchyard_held_writes") == 3, timeout=10, what="3 held writes")
+    out = sigterm_and_watch(bed)
+    for t, _ in writers:
+        t.join(GRACE + 10)
+    print(f"\noperator pause: exit {out['exit_s']:.3f}s after SIGTERM, code {out['code']}")
+    assert out["code"] == 0 and out["exit_s"] < 1.5, out
+    for t, res in writers:
+        assert not t.is_alive() and "value" in res, res
+        code, details, resp = res["value"]
+        assert code == grpc.StatusCode.OK and resp.status.code == 0 and resp.insert_cnt == 1, (code, details)
+    assert a.state()["counters"]["writes_served"] - before == 3
 
 
 def test_sigterm_with_calls_stuck_on_frozen_clusters_answers_them_before_the_grace_ends(bed_factory):
