@@ -231,12 +231,15 @@ impl Proxy {
             let is_primary = primary.as_ref().is_some_and(|p| std::ptr::eq(&**p, c));
             is_primary || required.is_none_or(|t| c.signals.checkpoint.load(std::sync::atomic::Ordering::Relaxed) >= t)
         };
+        // Why the last cluster tried could not be reached, for the error if none can.
+        let mut last_error = String::new();
         loop {
             let Some(cluster) = policy::pick_read_where(table, target, &tried, caught_up) else {
                 return Err(match tried.last() {
-                    Some(c) => {
-                        ProxyError::NotSent { cluster: c.id.to_string(), detail: "no other cluster to try".into() }
-                    }
+                    Some(c) => ProxyError::NotSent {
+                        cluster: c.id.to_string(),
+                        detail: format!("{last_error}; no other cluster to try"),
+                    },
                     None => ProxyError::NoReadTarget { reason: "no primary and no serving standby".into() },
                 });
             };
@@ -245,6 +248,8 @@ impl Proxy {
                 Ok(resp) => return Ok(resp),
                 Err(SendError::NotSent(e, back)) if tried.len() + 1 < READ_ATTEMPTS => {
                     tracing::warn!(cluster = %cluster.id, error = %e, "read not sent; trying another cluster");
+                    self.count_transport_failure(&cluster);
+                    last_error = e.to_string();
                     tried.push(cluster);
                     req = *back;
                 }
@@ -279,12 +284,17 @@ impl Proxy {
         Ok(resp.map(|inc| b::boxed(ResponseBody::new(inc, outcome))))
     }
 
-    /// Maps a transport failure to switchyard's error, counting it for passive ejection.
-    fn send_error(&self, cluster: &Arc<Cluster>, e: SendError) -> ProxyError {
+    /// Counts a transport failure on client traffic; wakes the health task at `fall` in a row.
+    fn count_transport_failure(&self, cluster: &Cluster) {
         let fails = cluster.signals.transport_failed();
         if fails >= self.control.config().health.fall {
             cluster.signals.kick.notify_one();
         }
+    }
+
+    /// Maps a transport failure to switchyard's error, counting it for passive ejection.
+    fn send_error(&self, cluster: &Arc<Cluster>, e: SendError) -> ProxyError {
+        self.count_transport_failure(cluster);
         match e {
             SendError::NotSent(e, _) => ProxyError::NotSent { cluster: cluster.id.to_string(), detail: e.to_string() },
             SendError::Sent(e) => ProxyError::MaybeSent { cluster: cluster.id.to_string(), detail: e.to_string() },
