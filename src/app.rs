@@ -19,6 +19,10 @@ use crate::control::{Control, ControlError};
 use crate::proxy::{Proxy, server};
 use crate::switchover::Orchestrator;
 
+/// How long calls in flight may take to finish at shutdown, unless
+/// `SWITCHYARD_SHUTDOWN_GRACE` says otherwise.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -52,6 +56,7 @@ pub struct App {
     /// The data path.
     pub proxy: Arc<Proxy>,
     shutdown: CancellationToken,
+    admin_stop: CancellationToken,
     tracker: TaskTracker,
     background: TaskTracker,
 }
@@ -96,7 +101,9 @@ impl App {
             reload_lock: Arc::new(tokio::sync::Mutex::new(())),
             loopback: admin_addr.ip().is_loopback(),
         };
-        background.spawn(admin::serve(admin_listener, admin_state.clone(), shutdown.clone()));
+        // The admin API outlives the data listener at shutdown, so /readyz can say 503.
+        let admin_stop = CancellationToken::new();
+        background.spawn(admin::serve(admin_listener, admin_state.clone(), admin_stop.clone()));
         background.spawn(reload_on_sighup(admin_state, shutdown.clone()));
         let stop_auto = shutdown.clone();
         background.spawn(async move {
@@ -105,7 +112,7 @@ impl App {
         });
         let tracker = TaskTracker::new();
         tracker.spawn(server::serve(listener, proxy.clone(), settings, tls, shutdown.clone(), tracker.clone()));
-        Ok(App { grpc_addr, admin_addr, orch, control, proxy, shutdown, tracker, background })
+        Ok(App { grpc_addr, admin_addr, orch, control, proxy, shutdown, admin_stop, tracker, background })
     }
 
     /// Stops in the written order: `/readyz` turns 503; the listener stops accepting and
@@ -121,10 +128,14 @@ impl App {
         // grace period; lift them so those writes go to the primary now.
         self.control.gate.release(crate::gate::HoldKey::Pause);
         self.control.gate.release(crate::gate::HoldKey::Discovery);
+        // Writes held by a job wait for it, but not past most of the grace period: then they
+        // fail with "shutting down; not sent", leaving time for the answer to reach the client.
+        self.control.gate.shutdown_by(std::time::Instant::now() + grace.mul_f32(0.8));
         let clean = tokio::time::timeout(grace, self.tracker.wait()).await.is_ok();
         if !clean {
             tracing::warn!(grace = ?grace, "shutdown: calls still in flight after the grace period");
         }
+        self.admin_stop.cancel();
         self.background.close();
         clean
     }

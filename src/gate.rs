@@ -68,6 +68,8 @@ pub struct WriteGate {
     pub hold_histogram: crate::routing::cluster::RequestStats,
     writes_in_flight: std::sync::atomic::AtomicUsize,
     drained: tokio::sync::Notify,
+    /// Set at shutdown: held writes still held at this instant fail with a clear error.
+    shutdown_at: Mutex<Option<Instant>>,
 }
 
 /// Counts a write in flight to a cluster until dropped.
@@ -137,7 +139,15 @@ impl WriteGate {
             hold_histogram: Default::default(),
             writes_in_flight: Default::default(),
             drained: tokio::sync::Notify::new(),
+            shutdown_at: Mutex::new(None),
         }
+    }
+
+    /// Shutdown: writes still held at `deadline` fail with a "shutting down, not sent" error
+    /// instead of being cut off with their connection.
+    pub fn shutdown_by(&self, deadline: Instant) {
+        *self.shutdown_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(deadline);
+        self.wake_all();
     }
 
     /// Marks a write as in flight (past the gate, sent or being sent).
@@ -234,8 +244,10 @@ impl WriteGate {
 
     /// Waits until no hold is left, or the write's `hold_window` (from `held.since`) ends.
     pub async fn wait_open(&self, held: &Held<'_>) -> Result<(), ProxyError> {
-        let deadline = held.since + self.limits().hold_window;
+        let window_end = held.since + self.limits().hold_window;
         loop {
+            let shutdown = *self.shutdown_at.lock().unwrap_or_else(|p| p.into_inner());
+            let deadline = shutdown.map_or(window_end, |s| s.min(window_end));
             let rx = {
                 let mut g = self.lock();
                 if g.holds.is_empty() {
@@ -250,6 +262,10 @@ impl WriteGate {
             };
             match tokio::time::timeout_at(deadline.into(), rx).await {
                 Ok(_) => continue,
+                Err(_) if shutdown.is_some_and(|s| s <= window_end) => {
+                    self.record_hold(held.since.elapsed());
+                    return Err(ProxyError::ShuttingDown);
+                }
                 Err(_) => {
                     let during = self.closed_reason().unwrap_or_else(|| "a role change".into());
                     self.record_hold(held.since.elapsed());

@@ -109,7 +109,7 @@ fn run(path: PathBuf) -> ExitCode {
         let grace = std::env::var("SWITCHYARD_SHUTDOWN_GRACE")
             .ok()
             .and_then(|v| switchyard::config::units::parse_duration(&v).ok())
-            .unwrap_or(std::time::Duration::from_secs(30));
+            .unwrap_or(switchyard::app::DEFAULT_SHUTDOWN_GRACE);
         let clean = app.shutdown(grace).await;
         if clean { ExitCode::SUCCESS } else { ExitCode::from(1) }
     })

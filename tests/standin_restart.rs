@@ -33,7 +33,8 @@ fn role(s: &Standin) -> String {
 #[test]
 fn restarted_standin_keeps_role_configuration_and_checkpoints() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (Some(lite_a), Some(lite_b)) = (Lite::start(&dir.path().join("lite-a")), Lite::start(&dir.path().join("lite-b")))
+    let (Some(lite_a), Some(lite_b)) =
+        (Lite::start(&dir.path().join("lite-a")), Lite::start(&dir.path().join("lite-b")))
     else {
         eprintln!("SKIPPED: milvus-lite is not installed in {}", support::venv().display());
         return;
@@ -49,7 +50,8 @@ fn restarted_standin_keeps_role_configuration_and_checkpoints() {
             target_cluster_id: "cluster-b".into(),
         }],
     };
-    let req = UpdateReplicateConfigurationRequest { replicate_configuration: Some(config.clone()), force_promote: false };
+    let req =
+        UpdateReplicateConfigurationRequest { replicate_configuration: Some(config.clone()), force_promote: false };
     for s in [&a, &b] {
         let st: Status = rt.block_on(call(s, "UpdateReplicateConfiguration", &req));
         assert_eq!((st.code, st.reason.as_str()), (0, ""), "config on {}", s.cluster_id);

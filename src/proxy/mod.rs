@@ -101,7 +101,14 @@ impl Proxy {
         let kind = method.map(|m| m.kind).unwrap_or(Kind::Write(method::WriteClass::Ddl));
         let call = Call { method, kind, label: label(kind), start: Instant::now() };
         let (label, start) = (call.label, call.start);
-        match self.route(req, call, &conn).await {
+        let span = tracing::debug_span!(
+            "rpc",
+            rpc.method = method.map(|m| m.name).unwrap_or("unknown"),
+            rpc.kind = label.as_str(),
+            route.epoch = tracing::field::Empty,
+            upstream.cluster = tracing::field::Empty,
+        );
+        match tracing::Instrument::instrument(self.route(req, call, &conn), span).await {
             Ok(resp) => resp,
             Err(e) => {
                 let st = e.status();
@@ -117,6 +124,7 @@ impl Proxy {
             return Err(ProxyError::ReplicateConfigRefused);
         }
         let table = self.control.routing().load_full();
+        tracing::Span::current().record("route.epoch", table.epoch);
         let (mut parts, incoming) = req.into_parts();
         let named = parts.headers.remove(CLUSTER_HEADER).and_then(|v| v.to_str().ok().map(str::to_string));
         parts.headers.remove(http::header::HOST);
@@ -274,6 +282,7 @@ impl Proxy {
 
     /// Sends and wraps the answer so the outcome is recorded when it ends.
     async fn send(&self, cluster: &Arc<Cluster>, req: Request<Body>, call: &Call) -> Result<Response<Body>, SendError> {
+        tracing::Span::current().record("upstream.cluster", &*cluster.id);
         let in_flight = InFlight::new(cluster.clone());
         let resp = cluster.upstream.send(req).await?;
         cluster.signals.transport_ok();

@@ -62,6 +62,7 @@ pub(super) async fn write(
         let mut req = Request::from_parts(parts.clone(), b::boxed(send_body));
         super::strip_foreign_identifier(&mut req, &table, &primary);
 
+        tracing::Span::current().record("upstream.cluster", &*primary.id);
         let in_flight = InFlight::new(primary.clone());
         let _writing = gate.write_started();
         let resp = match primary.upstream.send(req).await {

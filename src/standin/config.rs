@@ -57,10 +57,10 @@ pub(crate) fn cluster<'a>(config: &'a ReplicateConfiguration, id: &str) -> Optio
 pub(crate) fn redacted(config: &ReplicateConfiguration) -> ReplicateConfiguration {
     let mut c = config.clone();
     for cl in &mut c.clusters {
-        if let Some(p) = cl.connection_param.as_mut() {
-            if !p.token.is_empty() {
-                p.token = "***".into();
-            }
+        if let Some(p) = cl.connection_param.as_mut()
+            && !p.token.is_empty()
+        {
+            p.token = "***".into();
         }
     }
     c
@@ -170,7 +170,10 @@ pub(crate) mod tests {
                 .enumerate()
                 .map(|(i, id)| MilvusCluster {
                     cluster_id: (*id).into(),
-                    connection_param: Some(ConnectionParam { uri: format!("http://127.0.0.1:{}", 19500 + i), token: String::new() }),
+                    connection_param: Some(ConnectionParam {
+                        uri: format!("http://127.0.0.1:{}", 19500 + i),
+                        token: String::new(),
+                    }),
                     pchannels: (0..n).map(|p| format!("{id}-rootcoord-dml_{p}")).collect(),
                 })
                 .collect(),
@@ -196,7 +199,9 @@ pub(crate) mod tests {
     #[test]
     fn json_round_trip_and_redaction() {
         let mut c = star("a", &["a", "b"], 1);
-        c.clusters[1].connection_param.as_mut().map(|p| p.token = "root:Milvus".into());
+        if let Some(p) = c.clusters[1].connection_param.as_mut() {
+            p.token = "root:Milvus".into();
+        }
         let back = ReplicateConfiguration::from(&ConfigJson::from(&c));
         assert_eq!(back, c);
         assert_eq!(redacted(&c).clusters[1].connection_param.as_ref().map(|p| p.token.as_str()), Some("***"));

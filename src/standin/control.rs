@@ -43,9 +43,8 @@ struct Ctl {
 
 /// The control routes.
 pub(crate) fn router(core: Arc<Core>, listener: watch::Receiver<ListenerState>, grpc_addr: String) -> Router {
-    let fault = |f: fn(&mut FaultState)| {
-        any(move |State(c): State<Ctl>| async move { axum::Json(c.core.faults.update(f)) })
-    };
+    let fault =
+        |f: fn(&mut FaultState)| any(move |State(c): State<Ctl>| async move { axum::Json(c.core.faults.update(f)) });
     Router::new()
         .route("/fault/replication/pause", fault(|f| f.replication_paused = true))
         .route("/fault/replication/resume", fault(|f| f.replication_paused = false))
@@ -156,7 +155,9 @@ async fn state(State(c): State<Ctl>) -> impl IntoResponse {
 async fn metrics(State(c): State<Ctl>) -> impl IntoResponse {
     let core = &c.core;
     let mut out = String::new();
-    out.push_str("# HELP milvus_wal_last_confirmed_time_tick The time tick of the last message of a pchannel, in seconds.\n");
+    out.push_str(
+        "# HELP milvus_wal_last_confirmed_time_tick The time tick of the last message of a pchannel, in seconds.\n",
+    );
     out.push_str("# TYPE milvus_wal_last_confirmed_time_tick gauge\n");
     let ticks = core.read(|st| {
         st.pch_ticks

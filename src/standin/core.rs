@@ -74,7 +74,13 @@ impl State {
     }
 
     /// Appends a client write; returns its time tick.
-    pub(crate) fn append_write(&mut self, method: String, dbname: String, pchannel: usize, payload: Bytes) -> std::io::Result<u64> {
+    pub(crate) fn append_write(
+        &mut self,
+        method: String,
+        dbname: String,
+        pchannel: usize,
+        payload: Bytes,
+    ) -> std::io::Result<u64> {
         self.append(pchannel, EntryKind::Write { method, dbname }, payload)
     }
 

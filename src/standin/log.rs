@@ -76,7 +76,8 @@ impl Entry {
     /// Reads an entry back from its message form.
     pub(crate) fn from_message(msg: &ImmutableMessage) -> Result<Entry, String> {
         let p = |k: &str| msg.properties.get(k).map(String::as_str).unwrap_or("");
-        let num = |k: &str| p(k).parse::<u64>().map_err(|_| format!("message property {k:?} is not a number: {:?}", p(k)));
+        let num =
+            |k: &str| p(k).parse::<u64>().map_err(|_| format!("message property {k:?} is not a number: {:?}", p(k)));
         let index = msg
             .id
             .as_ref()
@@ -84,11 +85,18 @@ impl Entry {
             .ok_or_else(|| "message has no numeric id".to_string())?;
         let kind = match p("kind") {
             "fence" => EntryKind::Fence {
-                config: ReplicateConfiguration::decode(msg.payload.clone()).map_err(|e| format!("fence config: {e}"))?,
+                config: ReplicateConfiguration::decode(msg.payload.clone())
+                    .map_err(|e| format!("fence config: {e}"))?,
             },
             _ => EntryKind::Write { method: p("method").to_string(), dbname: p("dbname").to_string() },
         };
-        Ok(Entry { index, tick: num("time_tick")?, pchannel: num("pchannel_index")? as usize, kind, payload: msg.payload.clone() })
+        Ok(Entry {
+            index,
+            tick: num("time_tick")?,
+            pchannel: num("pchannel_index")? as usize,
+            kind,
+            payload: msg.payload.clone(),
+        })
     }
 }
 
@@ -132,19 +140,25 @@ impl LogFile {
         while pos + 4 <= raw.len() {
             let len = u32::from_be_bytes([raw[pos], raw[pos + 1], raw[pos + 2], raw[pos + 3]]) as usize;
             let Some(rec) = raw.get(pos + 4..pos + 4 + len) else { break };
-            let msg = ImmutableMessage::decode(rec)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("log record at {pos}: {e}")))?;
+            let msg = ImmutableMessage::decode(rec).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("log record at {pos}: {e}"))
+            })?;
             if msg.properties.get("record").map(String::as_str) == Some("cancel") {
                 if let Some(i) = msg.properties.get("index").and_then(|i| i.parse().ok()) {
                     loaded.cancelled.insert(i);
                 }
             } else {
-                let entry = Entry::from_message(&msg)
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("log record at {pos}: {e}")))?;
+                let entry = Entry::from_message(&msg).map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("log record at {pos}: {e}"))
+                })?;
                 if entry.index != loaded.entries.len() as u64 {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
-                        format!("log record at {pos} has index {} where {} was expected", entry.index, loaded.entries.len()),
+                        format!(
+                            "log record at {pos} has index {} where {} was expected",
+                            entry.index,
+                            loaded.entries.len()
+                        ),
                     ));
                 }
                 loaded.entries.push(entry);
@@ -215,7 +229,11 @@ mod tests {
             log.append(&f, &pch).expect("append");
             log.cancel(1).expect("cancel");
         }
-        std::fs::OpenOptions::new().append(true).open(&path).and_then(|mut f| f.write_all(&[0, 0, 0, 9, 1])).expect("tear");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(&[0, 0, 0, 9, 1]))
+            .expect("tear");
         let (_, loaded) = LogFile::open(&path).expect("reopen");
         assert_eq!(loaded.entries, vec![w, f]);
         assert!(loaded.cancelled.contains(&1));

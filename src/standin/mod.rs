@@ -33,6 +33,22 @@
 //! - Checkpoints move after the backend applied a message; a crash between the two replays
 //!   that one message (as Milvus may).
 //! - Writes that are not one uncompressed gRPC message are applied but not replicated.
+//! - The log (request payloads included) is kept in memory; `state.json` holds the
+//!   configuration's tokens in clear (the stand-in needs them to replicate after a restart).
+//!
+//! # Choices where Milvus gives no single answer
+//! - A replicated fence (Milvus's `AlterReplicateConfig`) changes a target's configuration
+//!   only once the same configuration is requested there too; Milvus applies it on arrival.
+//! - Force-promote refusals carry Milvus's streaming-error prefix
+//!   (`code: STREAMING_CODE_INVAILD_ARGUMENT, cause: ...`) and are checked in the order shape,
+//!   no configuration, primary (Milvus checks "primary" first, which hides "no configuration").
+//! - A replicated message refused on a primary ends the stream with gRPC `FAILED_PRECONDITION`.
+//! - A write on an unknown path, refused on a secondary, gets gRPC `FAILED_PRECONDITION` with
+//!   the DDL text: its response type is unknown.
+//! - A blocked `UpdateReplicateConfiguration` answers a little before the caller's deadline
+//!   (10%, at most 500 ms) so the caller reads the reason, not its own DEADLINE_EXCEEDED.
+//! - `--replication-delay` delays each message to its write time plus the delay (a standby
+//!   lagging by that much), rather than adding the delay once per message sent.
 
 mod config;
 mod control;
@@ -116,7 +132,9 @@ pub async fn run_until(opts: Options, shutdown: impl Future<Output = ()>) -> Res
     let backend = Upstream::new(&opts.backend, TlsSettings::default(), UpstreamSettings::default())
         .map_err(|e| StandinError::Usage(format!("--backend: {e}")))?;
     let store = match &opts.state_dir {
-        Some(dir) => Some(persist::Store::open(dir).map_err(|e| StandinError::State(format!("{}: {e}", dir.display())))?),
+        Some(dir) => {
+            Some(persist::Store::open(dir).map_err(|e| StandinError::State(format!("{}: {e}", dir.display())))?)
+        }
         None => None,
     };
     let core = core::Core::new(core::CoreParts {

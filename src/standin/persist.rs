@@ -80,7 +80,10 @@ impl Store {
         std::fs::create_dir_all(dir)?;
         let state = match std::fs::read(dir.join("state.json")) {
             Ok(raw) => Some(serde_json::from_slice::<Persisted>(&raw).map_err(|e| {
-                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", dir.join("state.json").display()))
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: {e}", dir.join("state.json").display()),
+                )
             })?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),

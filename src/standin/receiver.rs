@@ -29,7 +29,7 @@ use hyper::body::Incoming;
 use prost::Message;
 use tokio::sync::mpsc;
 
-use super::config::{Role, cluster};
+use super::config::{Role, cluster, role_of};
 use super::core::Core;
 use super::faults::bump;
 use super::log::{Entry, EntryKind};
@@ -52,12 +52,8 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Handles `CreateReplicateStream`.
 pub(crate) fn create_replicate_stream(core: Arc<Core>, req: Request<Incoming>) -> Response<Body> {
-    let source = req
-        .headers()
-        .get("cluster-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty())
-        .map(str::to_string);
+    let source =
+        req.headers().get("cluster-id").and_then(|v| v.to_str().ok()).filter(|s| !s.is_empty()).map(str::to_string);
     let Some(source) = source else {
         return wire::grpc_error(Code::InvalidArgument, "cluster id not found in context");
     };
@@ -78,9 +74,12 @@ async fn serve(core: Arc<Core>, source: String, mut body: Incoming, tx: mpsc::Se
             if let Ok(data) = frame.into_data() {
                 dec.push(&data);
             }
-            while let Some(msg) = dec.next_message().map_err(|e| GrpcStatus::new(Code::InvalidArgument, e.to_string()))? {
+            while let Some(msg) =
+                dec.next_message().map_err(|e| GrpcStatus::new(Code::InvalidArgument, e.to_string()))?
+            {
                 core.faults.wait_thawed().await;
-                let req = ReplicateRequest::decode(msg).map_err(|e| GrpcStatus::new(Code::InvalidArgument, e.to_string()))?;
+                let req =
+                    ReplicateRequest::decode(msg).map_err(|e| GrpcStatus::new(Code::InvalidArgument, e.to_string()))?;
                 let Some(replicate_request::Request::ReplicateMessage(m)) = req.request else { continue };
                 let tick = handle(&core, &source, m).await?;
                 let resp = ReplicateResponse {
@@ -164,9 +163,14 @@ async fn handle(core: &Arc<Core>, stream_source: &str, m: ReplicateMessage) -> R
             let EntryKind::Write { method, dbname } = &entry.kind else { return Ok(entry.tick) };
             apply(core, method, dbname, entry.payload.clone()).await?;
             core.update(|st| {
-                st.checkpoints.insert((source.clone(), index), checkpoint(&source, &pchannel, index, entry.tick, &message_id));
+                st.checkpoints
+                    .insert((source.clone(), index), checkpoint(&source, &pchannel, index, entry.tick, &message_id));
                 st.heard_from_source = true;
-                st.fence = None;
+                // A write after a fence that demoted the source means the source is primary
+                // again (a rollback): that fence no longer counts.
+                if st.fence.as_ref().is_some_and(|f| role_of(Some(&f.config), &source) != Role::Primary) {
+                    st.fence = None;
+                }
                 st.save_or_log(false);
             });
             bump(&core.counters.replicated_applied);
@@ -195,15 +199,15 @@ async fn apply(core: &Core, method: &str, dbname: &str, payload: Bytes) -> Resul
     let h = req.headers_mut();
     h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(grpc::CONTENT_TYPE));
     h.insert("te", HeaderValue::from_static("trailers"));
-    if let Ok(v) = HeaderValue::from_str(dbname) {
-        if !dbname.is_empty() {
-            h.insert("dbname", v);
-        }
+    if !dbname.is_empty()
+        && let Ok(v) = HeaderValue::from_str(dbname)
+    {
+        h.insert("dbname", v);
     }
-    if let Some(token) = &core.backend_token {
-        if let Ok(v) = HeaderValue::from_str(&crate::encoding::base64(token.as_bytes())) {
-            h.insert("authorization", v);
-        }
+    if let Some(token) = &core.backend_token
+        && let Ok(v) = HeaderValue::from_str(&crate::encoding::base64(token.as_bytes()))
+    {
+        h.insert("authorization", v);
     }
     let unavailable = |e: String| GrpcStatus::new(Code::Unavailable, format!("milvus-standin: backend: {e}"));
     let call = async {
@@ -226,10 +230,10 @@ async fn apply(core: &Core, method: &str, dbname: &str, payload: Bytes) -> Resul
         return Ok(());
     }
     let reply = crate::method::by_name(method).map(|m| m.reply).unwrap_or(crate::method::Reply::Other);
-    if let Some(st) = wire::unframe(&data).and_then(|m| wire::reply_status(reply, &m)) {
-        if !wire::status_ok(&st) {
-            tracing::warn!(method, code = st.code, reason = %st.reason, "replicated write refused by the backend; counted as applied");
-        }
+    if let Some(st) = wire::unframe(&data).and_then(|m| wire::reply_status(reply, &m))
+        && !wire::status_ok(&st)
+    {
+        tracing::warn!(method, code = st.code, reason = %st.reason, "replicated write refused by the backend; counted as applied");
     }
     Ok(())
 }

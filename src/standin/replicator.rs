@@ -7,7 +7,8 @@
 //! there, skipping what the target already has. The target confirms each message with its
 //! time tick. On any error the stream is dropped and, after a backoff (50 ms doubling to
 //! 1 s), the replicator asks again and resumes: nothing is lost, and the target drops what
-//! it has already applied. Pause and delay faults are read before every message; with a
+//! it has already applied. Faults are read before every message: paused or frozen, nothing
+//! is sent (the stream stays open); down, the stream is dropped until `/fault/up`; with a
 //! delay, a message is sent no sooner than that long after it was written.
 //!
 //! A replicator of a former target ("drain") stops once its last entry (the fence) is
@@ -101,10 +102,10 @@ pub(crate) fn reconcile(core: &Arc<Core>) {
     reps.retain(|id, h| desired.get(id) == Some(&h.spec));
     lock(&core.cdc).retain(|(id, _), _| desired.contains_key(id));
     for (id, spec) in desired {
-        if !reps.contains_key(&id) {
-            tracing::info!(target_cluster = %id, uri = %spec.uri, until = ?spec.until, "starting replicator");
+        if let std::collections::hash_map::Entry::Vacant(slot) = reps.entry(id) {
+            tracing::info!(target_cluster = %slot.key(), uri = %spec.uri, until = ?spec.until, "starting replicator");
             let task = tokio::spawn(run(core.clone(), spec.clone()));
-            reps.insert(id, ReplicatorHandle { spec, task: task.abort_handle() });
+            slot.insert(ReplicatorHandle { spec, task: task.abort_handle() });
         }
     }
 }
@@ -120,7 +121,12 @@ async fn run(core: Arc<Core>, spec: Spec) {
     };
     let mut backoff = MIN_BACKOFF;
     let mut last_error = String::new();
+    let mut faults = core.faults.watch();
     loop {
+        // A dead cluster sends nothing: wait for `/fault/up`.
+        if faults.wait_for(|f| !f.down).await.is_err() {
+            return;
+        }
         match session(&core, &spec, &up).await {
             Ok(()) => {
                 finish_drain(&core, &spec);
@@ -202,7 +208,10 @@ async fn session(core: &Arc<Core>, spec: &Spec, up: &Upstream) -> Result<(), Ses
             return Ok(());
         }
         let f = core.faults.get();
-        let step = if f.replication_paused || spec.until.is_some_and(|u| next > u) {
+        if f.down {
+            return Err(SessionError { message: "this cluster is down (fault)".into(), progress });
+        }
+        let step = if f.replication_paused || f.frozen || spec.until.is_some_and(|u| next > u) {
             Step::Idle
         } else {
             fetch(core, spec, next, &cps, Duration::from_millis(f.replication_delay_ms))
@@ -292,7 +301,8 @@ async fn checkpoints(core: &Core, spec: &Spec, up: &Upstream) -> Result<Vec<u64>
     let mut out = vec![0; core.pchannels.len()];
     for (i, slot) in out.iter_mut().enumerate() {
         let Some(target_pchannel) = spec.target_pchannels.get(i) else { break };
-        let req = GetReplicateInfoRequest { source_cluster_id: core.id.clone(), target_pchannel: target_pchannel.clone() };
+        let req =
+            GetReplicateInfoRequest { source_cluster_id: core.id.clone(), target_pchannel: target_pchannel.clone() };
         let resp: GetReplicateInfoResponse =
             unary(up, "GetReplicateInfo", &req, &opts).await.map_err(|e| fail(format!("GetReplicateInfo: {e}")))?;
         if let Some(cp) = resp.checkpoint.filter(|cp| cp.cluster_id == core.id) {
@@ -316,10 +326,10 @@ fn stream_request(core: &Core, spec: &Spec, body: Body) -> Request<Body> {
     if let Ok(v) = HeaderValue::from_str(&core.id) {
         h.insert("cluster-id", v);
     }
-    if !spec.token.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&crate::encoding::base64(spec.token.as_bytes())) {
-            h.insert("authorization", v);
-        }
+    if !spec.token.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&crate::encoding::base64(spec.token.as_bytes()))
+    {
+        h.insert("authorization", v);
     }
     req
 }

@@ -10,7 +10,8 @@
 //!   centre, the primary is demoted: client writes are refused from the moment the call
 //!   returns (the write gate makes in-flight writes land before the fence).
 //! - A secondary that receives a configuration takes it once it has applied its source's
-//!   fence for it (all pchannels, with no write after). Until then the configuration is
+//!   fence for it (on all pchannels; a write after a fence that demoted the source voids
+//!   it, since the source is primary again). Until then the configuration is
 //!   `pending` and the call waits, until the caller's deadline; then it fails and the
 //!   cluster stays secondary. A fence that arrives while its configuration is pending
 //!   applies it; other fences are recorded and ignored.
@@ -41,6 +42,9 @@ use crate::proto::milvus::{
     UpdateReplicateConfigurationRequest,
 };
 
+/// How long a configuration change waits for client writes in flight (a hung backend).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How long a waiting call may block when the caller sent no deadline.
 pub(crate) const DEFAULT_WAIT_CAP: Duration = Duration::from_secs(600);
 
@@ -57,7 +61,11 @@ pub(crate) async fn update_configuration(
     }
     // Config changes one at a time; no client write and no replicated message in flight.
     let config_guard = core.config_lock.lock().await;
-    let gate = core.write_gate.write().await;
+    let Ok(gate) = tokio::time::timeout(DRAIN_TIMEOUT, core.write_gate.write()).await else {
+        return failed_status(format!(
+            "milvus-standin: client writes in flight did not finish within {DRAIN_TIMEOUT:?}; configuration not changed"
+        ));
+    };
     let apply_guard = core.apply_lock.lock().await;
     let outcome = core.update(|st| {
         if st.config.as_ref() == Some(&cfg) {
@@ -302,8 +310,9 @@ pub(crate) fn get_configuration(core: &Core) -> GetReplicateConfigurationRespons
 }
 
 /// `GetReplicateInfo`: on a secondary, the checkpoint of the source pchannel at the index of
-/// `target_pchannel` (this cluster's pchannel; the source's name is accepted too); on a
-/// primary none. The salvage checkpoint is there after a force promote.
+/// `target_pchannel` (this cluster's pchannel; the source's name is accepted too), unset
+/// until something arrived from that source; on a primary none. The salvage checkpoint is
+/// there after a force promote.
 pub(crate) fn get_info(core: &Core, req: &GetReplicateInfoRequest) -> Result<GetReplicateInfoResponse, GrpcStatus> {
     core.read(|st| {
         let source = match (req.source_cluster_id.as_str(), st.role()) {
@@ -320,17 +329,10 @@ pub(crate) fn get_info(core: &Core, req: &GetReplicateInfoRequest) -> Result<Get
             .ok_or_else(|| {
                 GrpcStatus::new(Code::InvalidArgument, format!("pchannel '{}' not found", req.target_pchannel))
             })?;
+        // Unset on a primary, and on a secondary that has nothing from `source` yet.
         let checkpoint = match st.role() {
             Role::Primary => None,
-            Role::Secondary { .. } => Some(match st.checkpoints.get(&(source.clone(), index)) {
-                Some(cp) => to_proto(cp),
-                None => ReplicateCheckpoint {
-                    cluster_id: source.clone(),
-                    pchannel: source_pchannels.get(index).cloned().unwrap_or_default(),
-                    message_id: None,
-                    time_tick: 0,
-                },
-            }),
+            Role::Secondary { .. } => st.checkpoints.get(&(source.clone(), index)).map(to_proto),
         };
         let salvage_checkpoint = st.salvage.get(&(source, index)).map(to_proto);
         Ok(GetReplicateInfoResponse { checkpoint, salvage_checkpoint })

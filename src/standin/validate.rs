@@ -314,7 +314,9 @@ mod tests {
             "no center node found, star topology must have exactly one center node"
         );
         let mut tok = cfg("a", &["a", "b"], 2);
-        tok.clusters[1].connection_param.as_mut().map(|p| p.token = "x".into());
+        if let Some(p) = tok.clusters[1].connection_param.as_mut() {
+            p.token = "x".into();
+        }
         assert_eq!(
             validate(&tok, Some(&c), "a", &me).unwrap_err(),
             "cluster 'b' connection_param.token cannot be changed"

@@ -35,7 +35,17 @@ pub(crate) const DML_ON_SECONDARY: &str =
 pub(crate) const DDL_ON_SECONDARY: &str = "cluster is not primary, cannot do any DDL/DCL";
 
 /// Handles a client write (`method` is `None` for a path outside the table).
-pub(crate) async fn handle(core: &Arc<Core>, method: Option<&'static Method>, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn handle(
+    core: &Arc<Core>,
+    method: Option<&'static Method>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    // Read the request first: a slow client must not hold the gate a demotion waits for.
+    let (parts, body) = req.into_parts();
+    let raw = match body.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => return wire::grpc_error(Code::Cancelled, format!("milvus-standin: reading the request: {e}")),
+    };
     let gate = core.write_gate.read().await;
     if !core.read(|st| st.is_primary()) {
         drop(gate);
@@ -43,11 +53,6 @@ pub(crate) async fn handle(core: &Arc<Core>, method: Option<&'static Method>, re
         return reject(method);
     }
     bump(&core.counters.writes_served);
-    let (parts, body) = req.into_parts();
-    let raw = match body.collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) => return wire::grpc_error(Code::Cancelled, format!("milvus-standin: reading the request: {e}")),
-    };
     let payload = wire::unframe(&raw);
     let collection = payload.as_deref().and_then(|p| wire::string_field(p, 3)).unwrap_or_default();
     let pchannel = core.pchannel_for(&collection);
@@ -85,14 +90,17 @@ pub(crate) async fn handle(core: &Arc<Core>, method: Option<&'static Method>, re
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "cannot append to the log");
-                return wire::grpc_error(Code::Internal, format!("milvus-standin: the write was applied but not logged: {e}"));
+                return wire::grpc_error(
+                    Code::Internal,
+                    format!("milvus-standin: the write was applied but not logged: {e}"),
+                );
             }
         };
-        if matches!(rpc.as_str(), "Insert" | "Upsert" | "Delete") {
-            if let Some(out) = msg.as_deref().and_then(|m| wire::set_varint_field(m, 9, tick)) {
-                data = crate::grpc::frame::frame_bytes(&out);
-                parts.headers.remove(http::header::CONTENT_LENGTH);
-            }
+        if matches!(rpc.as_str(), "Insert" | "Upsert" | "Delete")
+            && let Some(out) = msg.as_deref().and_then(|m| wire::set_varint_field(m, 9, tick))
+        {
+            data = crate::grpc::frame::frame_bytes(&out);
+            parts.headers.remove(http::header::CONTENT_LENGTH);
         }
     }
     rebuild(parts, data, trailers)

@@ -132,6 +132,7 @@ pub async fn run(c: &Control, mut log: JobLog, plan: FailoverPlan) {
     c.gate.release(HoldKey::Failover);
     c.publish();
     let held = c.gate.held_total.load(std::sync::atomic::Ordering::Relaxed) - held_before;
+    super::run::settle(c).await;
     log.done(format!("{held} held writes released to {target}"));
     log.edit(|j| {
         j.held_writes = held;

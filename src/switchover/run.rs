@@ -182,10 +182,20 @@ pub async fn run(c: &Control, mut log: JobLog, plan: Plan) {
     c.gate.release(HoldKey::Switchover);
     c.publish();
     let held = c.gate.held_total.load(std::sync::atomic::Ordering::Relaxed) - held_before;
+    settle(c).await;
     log.done(format!("{held} held writes released to {target}"));
     record_holds(c, &log, held_before);
     c.count_change(ChangeKind::Switchover, ChangeResult::Succeeded);
     log.finish(JobState::Succeeded, None);
+}
+
+/// Waits (briefly) until the released writes have left the gate, so their hold times are
+/// in the record.
+pub(super) async fn settle(c: &Control) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while c.gate.held().0 > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 fn record_holds(c: &Control, log: &JobLog, held_before: u64) {

@@ -1,6 +1,7 @@
 """pytest fixtures over the test bed (see testbed.py).
 
-- ``lite_factory`` / ``lite``: milvus-lite servers, stopped at teardown.
+- ``lite_factory`` / ``lite``: milvus-lite servers, stopped at teardown; ``lite_factory.many(n)``
+  starts ``n`` in parallel.
 - ``standin_factory``: ``make(cluster_id, backend=None, **Standin kwargs)``; each stand-in gets
   its own milvus-lite unless ``backend`` is given. Stopped at teardown; on a failed test the
   tail of every stand-in log is printed.
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +37,16 @@ def lite_factory(tmp_path):
     made = []
 
     def make() -> MilvusLite:
-        lite = MilvusLite(tmp_path)
+        lite = MilvusLite(tmp_path, start=False)
         made.append(lite)
-        return lite
+        return lite.start()
 
+    def many(n: int) -> list:
+        """``n`` servers, started in parallel (each takes about a second)."""
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            return list(pool.map(lambda _: make(), range(n)))
+
+    make.many = many
     yield make
     for lite in made:
         lite.stop()
@@ -77,9 +85,10 @@ class Pair:
 
 
 @pytest.fixture
-def pair(standin_factory) -> Pair:
-    a = standin_factory("cluster-a")
-    b = standin_factory("cluster-b")
+def pair(standin_factory, lite_factory) -> Pair:
+    la, lb = lite_factory.many(2)
+    a = standin_factory("cluster-a", la)
+    b = standin_factory("cluster-b", lb)
     cfg = replicate(a, b, tokens=TOKENS)
     return Pair(a, b, cfg)
 

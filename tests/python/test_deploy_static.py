@@ -397,9 +397,9 @@ def test_kustomization_lists_the_manifests():
 
 
 def switchyard_grace_seconds() -> int:
-    """The grace switchyard gives calls in flight at shutdown (src/main.rs)."""
-    m = re.search(r"\.shutdown\(\s*(?:std::time::)?Duration::from_secs\((\d+)\)\)", (REPO / "src/main.rs").read_text())
-    assert m, "could not find switchyard's shutdown grace in src/main.rs"
+    """The grace switchyard gives calls in flight at shutdown (src/app.rs, DEFAULT_SHUTDOWN_GRACE)."""
+    m = re.search(r"DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs\((\d+)\)", (REPO / "src/app.rs").read_text())
+    assert m, "could not find switchyard's shutdown grace in src/app.rs"
     return int(m.group(1))
 
 

@@ -337,9 +337,10 @@ def test_target_down_and_up_under_writes_loses_and_duplicates_nothing(pair):
 
 # --- Done when 9: a stand-in restarted with the same --state-dir comes back with its role and configuration
 
-def test_restart_with_state_dir_keeps_role_configuration_and_position(standin_factory, tmp_path):
-    a = standin_factory("cluster-a", state_dir=tmp_path / "state-a")
-    b = standin_factory("cluster-b", state_dir=tmp_path / "state-b")
+def test_restart_with_state_dir_keeps_role_configuration_and_position(standin_factory, lite_factory, tmp_path):
+    la, lb = lite_factory.many(2)
+    a = standin_factory("cluster-a", la, state_dir=tmp_path / "state-a")
+    b = standin_factory("cluster-b", lb, state_dir=tmp_path / "state-b")
     cfg = replicate(a, b, tokens=TOKENS)
     ca = a.client()
     ca.create_collection("rs", dimension=4)
@@ -386,6 +387,45 @@ def test_rollback_after_the_new_primary_times_out(pair):
     ca.insert("rb", rows(0, 3))
     wait_until(lambda: cb.has_collection("rb") and count_rows(cb, "rb") == 3, what="rows on B after rollback")
     assert b.state()["role"] == "secondary"
+
+
+def test_other_secondary_follows_the_new_primary(standin_factory, lite_factory):
+    a, b, c = (standin_factory(f"cluster-{x}", lite) for x, lite in zip("abc", lite_factory.many(3)))
+    old = replicate(a, b, c, tokens=TOKENS)
+    ca = a.client()
+    ca.create_collection("tri", dimension=4)
+    ca.insert("tri", rows(0, 10))
+    x = star(b, [a, c], TOKENS)
+    update(a, x)
+    update(b, x)  # returns once A's fence is applied: B is primary
+    update(c, x)  # C switches its source to B once it has A's fence
+    assert [s.state()["role"] for s in (a, b, c)] == ["secondary", "primary", "secondary"]
+    assert a.state()["source"] == c.state()["source"] == "cluster-b"
+    cb = b.client()
+    assert count_rows(cb, "tri") == 10
+    cb.insert("tri", rows(10, 5))
+    for s in (a, c):
+        cl = s.client()
+        wait_until(lambda: count_rows(cl, "tri") == 15, what=f"B's rows on {s.cluster_id}")
+    assert old != x
+
+
+def test_replication_delay_makes_a_lagging_standby(standin_factory, lite_factory):
+    la, lb = lite_factory.many(2)
+    a = standin_factory("cluster-a", la, replication_delay="1500ms")
+    b = standin_factory("cluster-b", lb)
+    replicate(a, b)
+    ca, cb = a.client(), b.client()
+    ca.create_collection("lag", dimension=4)
+    wait_until(lambda: cb.has_collection("lag"), timeout=15, what="collection on B")
+    started = time.monotonic()
+    ca.insert("lag", rows(0, 3))
+    assert count_rows(cb, "lag") == 0  # held back for 1.5 s after it was written
+    wait_until(lambda: count_rows(cb, "lag") == 3, timeout=15, what="delayed rows on B")
+    assert time.monotonic() - started >= 1.4
+    assert a.control("/fault/replication/delay", ms=0)["replication_delay_ms"] == 0
+    ca.insert("lag", rows(3, 3))
+    wait_until(lambda: count_rows(cb, "lag") == 6, timeout=1.0, what="undelayed rows on B")
 
 
 def test_stream_protocol_and_faults(pair):

@@ -27,6 +27,7 @@ import queue
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -179,10 +180,13 @@ class MilvusLite:
     """A ``milvus-lite server`` on 127.0.0.1 with its own data dir under ``tmpdir``."""
 
     _count = 0
+    _count_lock = threading.Lock()
 
     def __init__(self, tmpdir, name: Optional[str] = None, start: bool = True):
-        MilvusLite._count += 1
-        self.name = name or f"lite{MilvusLite._count}"
+        with MilvusLite._count_lock:
+            MilvusLite._count += 1
+            n = MilvusLite._count
+        self.name = name or f"lite{n}"
         self.dir = Path(tmpdir) / self.name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port: Optional[int] = None
@@ -249,7 +253,7 @@ class Standin:
         self.n_pchannels = pchannels
         self.state_dir = Path(state_dir) if state_dir else None
         self.replication_delay = replication_delay
-        self.workdir = Path(workdir) if workdir else (self.state_dir.parent if self.state_dir else Path(os.environ.get("TMPDIR", "/tmp")))
+        self.workdir = Path(workdir) if workdir else (self.state_dir.parent if self.state_dir else Path(tempfile.mkdtemp(prefix="standin-")))
         self.env = {"RUST_LOG": "info", "NO_COLOR": "1", **(env or {})}
         self.extra_args = list(extra_args)
         self.grpc_port: Optional[int] = None

@@ -105,7 +105,10 @@ impl Lite {
         }
         let port = free_port();
         let mut cmd = Command::new(exe);
-        cmd.args(["server", "--data-dir"]).arg(dir.join("data")).args(["--host", "127.0.0.1", "--port"]).arg(port.to_string());
+        cmd.args(["server", "--data-dir"])
+            .arg(dir.join("data"))
+            .args(["--host", "127.0.0.1", "--port"])
+            .arg(port.to_string());
         let mut proc = Proc::spawn(&mut cmd, &dir.join("milvus-lite.log"));
         proc.wait_line(|l| l.contains("listening on"));
         wait_for("milvus-lite port", START_TIMEOUT, || TcpStream::connect(("127.0.0.1", port)).ok());
@@ -134,10 +137,28 @@ impl Standin {
         Self::spawn(cluster_id, backend, state_dir, log_dir.join(format!("standin-{cluster_id}.log")), None)
     }
 
-    fn spawn(cluster_id: &str, backend: &str, state_dir: Option<&Path>, log: PathBuf, ports: Option<(SocketAddr, SocketAddr)>) -> Standin {
-        let (listen, control) = ports.map(|(g, c)| (g.to_string(), c.to_string())).unwrap_or(("127.0.0.1:0".into(), "127.0.0.1:0".into()));
+    fn spawn(
+        cluster_id: &str,
+        backend: &str,
+        state_dir: Option<&Path>,
+        log: PathBuf,
+        ports: Option<(SocketAddr, SocketAddr)>,
+    ) -> Standin {
+        let (listen, control) =
+            ports.map(|(g, c)| (g.to_string(), c.to_string())).unwrap_or(("127.0.0.1:0".into(), "127.0.0.1:0".into()));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_milvus-standin"));
-        cmd.args(["--cluster-id", cluster_id, "--listen", &listen, "--backend", backend, "--pchannels", "4", "--control", &control]);
+        cmd.args([
+            "--cluster-id",
+            cluster_id,
+            "--listen",
+            &listen,
+            "--backend",
+            backend,
+            "--pchannels",
+            "4",
+            "--control",
+            &control,
+        ]);
         if let Some(d) = state_dir {
             cmd.arg("--state-dir").arg(d);
         }
@@ -161,7 +182,13 @@ impl Standin {
     /// Kills the process and starts it again on the same ports with the same flags.
     pub fn restart(&mut self) {
         self.proc.kill();
-        let again = Self::spawn(&self.cluster_id, &self.backend, self.state_dir.as_deref(), self.log.clone(), Some((self.grpc, self.control)));
+        let again = Self::spawn(
+            &self.cluster_id,
+            &self.backend,
+            self.state_dir.as_deref(),
+            self.log.clone(),
+            Some((self.grpc, self.control)),
+        );
         *self = again;
     }
 
