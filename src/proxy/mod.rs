@@ -155,7 +155,7 @@ impl Proxy {
                 };
                 if let Some(n) = named {
                     let target = named_cluster(&table, &n)?;
-                    return self.forward(target, &table, parts, body, &call).await;
+                    return self.forward(target, &table, parts, body, &call).await.map_err(ProxyError::for_read);
                 }
                 let db = db_of(&parts, fields.as_ref().map(|f| f.db_name.as_str()));
                 let level = match &fields {
@@ -261,7 +261,7 @@ impl Proxy {
                     tried.push(cluster);
                     req = *back;
                 }
-                Err(e) => return Err(self.send_error(&cluster, e)),
+                Err(e) => return Err(self.send_error(&cluster, e).for_read()),
             }
         }
     }
