@@ -202,6 +202,27 @@ def test_standby_answers_hold_rows_written_through_primary(bed):
     client.close()
 
 
+def test_default_consistency_reads_follow_the_collection_level(bed):
+    """A read without a level is routed by the level the primary's DescribeCollection reports:
+    Strong (and Session) to the primary, Bounded and Eventually to a standby."""
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=bed.sy.uri, token="root:Milvus")
+    make_collection(client, "deflevel", rows=10)
+    wait_replicated([bed.b], "deflevel", 10)
+    level = bed.a.client().describe_collection("deflevel")["consistency_level"]
+    before = bed.counters()
+    res = client.query("deflevel", filter="id >= 0", output_fields=["id"])  # no consistency_level
+    assert len(res) == 10, res
+    d = delta(bed.counters(), before)
+    # milvus-lite (so the stand-in) reports 0 (Strong) whatever the collection was created with.
+    served_by = "cluster-a" if level in (0, 1) else "cluster-b"
+    other = "cluster-b" if served_by == "cluster-a" else "cluster-a"
+    assert d[served_by]["reads_data"] == 1 and d[other]["reads_data"] == 0, (level, d)
+    client.drop_collection("deflevel")
+    client.close()
+
+
 def test_two_standbys_share_reads_within_20_percent(trio):
     bed = trio
     from pymilvus import MilvusClient
