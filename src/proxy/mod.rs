@@ -108,7 +108,9 @@ impl Proxy {
             route.epoch = tracing::field::Empty,
             upstream.cluster = tracing::field::Empty,
         );
-        match tracing::Instrument::instrument(self.route(req, call, &conn), span).await {
+        // Boxed: the routing future is large, and hyper moves the per-stream future into a
+        // task; a pointer moves cheaper than the whole state machine.
+        match tracing::Instrument::instrument(Box::pin(self.route(req, call, &conn)), span).await {
             Ok(resp) => resp,
             Err(e) => {
                 let st = e.status();

@@ -49,8 +49,8 @@ impl Default for ServerSettings {
         Self {
             max_concurrent_streams: 1024,
             max_header_list_size: 16 << 10,
-            stream_window: 2 << 20,
-            connection_window: 8 << 20,
+            stream_window: 4 << 20,
+            connection_window: 16 << 20,
             handshake_timeout: Duration::from_secs(10),
         }
     }

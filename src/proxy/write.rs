@@ -23,7 +23,7 @@ use crate::routing::{Cluster, InFlight, RoutingTable};
 use crate::upstream::SendError;
 
 /// Writes up to this size are kept in memory, so a refusal as not primary can be replayed.
-pub(crate) const REPLAY_LIMIT: usize = 1 << 20;
+pub(crate) const REPLAY_LIMIT: usize = 256 << 10;
 /// Answers up to this size are read whole before being passed on.
 const REPLY_LIMIT: usize = 4 << 20;
 /// Times a write refused as not primary is sent again, to the rediscovered primary.

@@ -40,8 +40,8 @@ impl Default for UpstreamSettings {
         Self {
             connections: 2,
             connect_timeout: Duration::from_secs(2),
-            stream_window: 2 << 20,
-            connection_window: 8 << 20,
+            stream_window: 4 << 20,
+            connection_window: 16 << 20,
             keepalive: Some(Duration::from_secs(20)),
         }
     }
