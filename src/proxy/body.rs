@@ -194,10 +194,10 @@ impl RequestBody {
         let mut acc = BytesMut::new();
         for d in self.buffered.iter().filter_map(|f| f.data_ref()) {
             acc.extend_from_slice(d);
-            if let Some((0, len)) = crate::grpc::frame::declared_len(&acc) {
-                if acc.len() >= HEADER_LEN + len {
-                    return Some(acc.freeze().slice(HEADER_LEN..HEADER_LEN + len));
-                }
+            if let Some((0, len)) = crate::grpc::frame::declared_len(&acc)
+                && acc.len() >= HEADER_LEN + len
+            {
+                return Some(acc.freeze().slice(HEADER_LEN..HEADER_LEN + len));
             }
         }
         None
@@ -245,10 +245,10 @@ impl http_body::Body for RequestBody {
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    if let Err(e) = this.scan.feed(data) {
-                        return Poll::Ready(Some(Err(Box::new(e))));
-                    }
+                if let Some(data) = frame.data_ref()
+                    && let Err(e) = this.scan.feed(data)
+                {
+                    return Poll::Ready(Some(Err(Box::new(e))));
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
