@@ -329,8 +329,10 @@ fn named_cluster(table: &RoutingTable, name: &str) -> Result<Arc<Cluster>, Proxy
 }
 
 /// `Connect` is answered by the primary, so the `identifier` a client sends belongs to it.
-/// Milvus uses it only to track client connections, and it means nothing to another
-/// cluster, so it is not sent there.
+/// Milvus reads it only in its `KeepActiveInterceptor` (milvus `internal/proxy/connection`),
+/// asynchronously, to refresh that client's last-active time; an id it does not know is
+/// ignored. A foreign one would be harmless, but it would refresh a stranger's entry if ids
+/// collided, so it is not sent to another cluster.
 fn strip_foreign_identifier(req: &mut Request<Body>, table: &RoutingTable, target: &Arc<Cluster>) {
     let is_primary = table.primary.as_ref().is_some_and(|p| Arc::ptr_eq(p, target));
     if !is_primary {
