@@ -337,9 +337,13 @@ pchannels = 3
     }
 
     #[test]
-    fn unknown_keys_are_refused() {
-        let e = Config::from_toml("[listener]\nadress = \"x\"\n", Path::new(".")).unwrap_err();
-        assert!(e.problems[0].contains("adress"), "{e}");
+    fn unknown_keys_are_refused_all_at_once_with_the_other_problems() {
+        let text = "[listener]\nadress = \"x\"\n[health]\nintervall = \"1s\"\n[routing]\nreads = \"sometimes\"\n";
+        let e = Config::from_toml(text, Path::new(".")).unwrap_err();
+        let all = e.problems.join("\n");
+        for needle in ["\"adress\"", "\"intervall\"", "routing.reads", "clusters"] {
+            assert!(all.contains(needle), "missing {needle} in:\n{all}");
+        }
     }
 
     #[test]
