@@ -290,7 +290,7 @@ impl Proxy {
         cluster.signals.transport_ok();
         let mut outcome = Outcome::new(in_flight, call.label, call.start);
         if let Some(st) = crate::grpc::GrpcStatus::from_headers(resp.headers()) {
-            outcome.set_code(st.code);
+            outcome.finish_trailers_only(st.code);
         }
         Ok(resp.map(|inc| b::boxed(ResponseBody::new(inc, outcome))))
     }

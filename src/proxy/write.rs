@@ -76,7 +76,7 @@ pub(super) async fn write(
         let (rparts, incoming) = resp.into_parts();
         if let Some(st) = crate::grpc::GrpcStatus::from_headers(&rparts.headers) {
             // Trailers-only: a gRPC error from the cluster; nothing to read.
-            outcome.set_code(st.code);
+            outcome.finish_trailers_only(st.code);
             return Ok(Response::from_parts(rparts, b::boxed(ResponseBody::new(incoming, outcome))));
         }
         let buffered =
