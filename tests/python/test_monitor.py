@@ -426,6 +426,23 @@ def test_lagging_standby_leaves_bounded_reads_and_strong_reads_stay_on_primary(b
     assert not w.errors and not r.failures(), (w.errors[:3], r.failures()[:3])
     d = searches(20, "Strong")
     assert d["cluster-b"]["reads_data"] == d["cluster-c"]["reads_data"] == 0, d
+
+    # Not even when the primary cannot be reached: a Strong read fails rather than being
+    # answered from a standby that may be behind. Bounded reads go on on the standbys.
+    bed.a.control("/fault/down")
+    try:
+        before = bed.counters()
+        for i in range(5):
+            code, details, _ = raw.call("Search", search_request("bounded", vec(i), "Strong"), token=TOKEN)
+            assert code == grpc.StatusCode.UNAVAILABLE and details.startswith("switchyard:"), (code, details)
+            assert "cluster-a" in details, details
+        d = delta(bed.counters(), before)
+        assert d["cluster-b"]["reads_data"] == d["cluster-c"]["reads_data"] == 0, d
+        for i in range(5):
+            code, details, resp = raw.call("Search", search_request("bounded", vec(i), "Bounded"), token=TOKEN)
+            assert code == grpc.StatusCode.OK and resp.status.code == 0, (code, details, resp)
+    finally:
+        bed.a.control("/fault/up")
     raw.close()
     client.drop_collection("bounded")
     client.drop_collection("strong_default")
@@ -537,6 +554,18 @@ def test_roles_changed_outside_are_adopted_and_disagreement_refuses_writes(pair_
     print(f"writes A refused as not primary (resent to B by switchyard): {refused}")
     assert refused > 0 and bed.b.state()["counters"]["writes_served"] > 0
 
+    # A is now a standby of B: its lag is measured against B, and it serves Bounded reads.
+    wait_until(lambda: (lambda a: a["role"] == "standby" and a["health"] == "up" and a["lag_ms"] is not None
+                        and a["lag_ms"] < 1000 and a["serves_reads"])(clusters(sy)["cluster-a"]),
+               timeout=5, what="A a caught-up standby serving reads")
+    raw = Raw(sy.addr)
+    before = bed.counters()
+    for i in range(5):
+        code, details, resp = raw.call("Search", search_request("roles", vec(i), "Bounded"), token=TOKEN)
+        assert code == grpc.StatusCode.OK and resp.status.code == 0, (code, details, resp)
+    d = delta(bed.counters(), before)
+    assert d["cluster-a"]["reads_data"] == 5 and d["cluster-b"]["reads_data"] == 0, d
+
     # Back to A with no traffic: adopted by periodic discovery, within one period (2 s).
     cfg = star(bed.a, [bed.b], TOKENS)
     update(bed.b, cfg)
@@ -571,7 +600,6 @@ def test_roles_changed_outside_are_adopted_and_disagreement_refuses_writes(pair_
     with pytest.raises(MilvusException) as e:
         client.insert("roles", [{"id": 99999, "vec": vec(1)}], retry_times=0)
     assert "switchyard:" in str(e.value) and "disagree" in str(e.value), e.value
-    raw = Raw(sy.addr)
     from test_datapath import client_insert_request
 
     code, details, _ = raw.call("Insert", client_insert_request("roles", [99998]), token=TOKEN)
