@@ -158,6 +158,8 @@ async fn run(
             let health = Err(format!("{passive} consecutive transport failures on client traffic"));
             let outcome = ProbeOutcome { health, passive: true, checkpoint: None };
             apply(&cluster, &routing, &s, &tx, &on_change, &mut counts, outcome);
+            // Probes started before the failures on client traffic must not count toward `rise`.
+            probes.clear();
         } else if probes.len() < MAX_PROBES_IN_FLIGHT {
             probes.push_back(probe_once(cluster.clone(), routing.clone(), s.health.timeout));
         }
