@@ -402,7 +402,9 @@ def test_lagging_standby_leaves_bounded_reads_and_strong_reads_stay_on_primary(b
         out_after = time.monotonic() - paused_at
         lags = {c: v["lag_ms"] for c, v in clusters(sy).items()}
         print(f"standbys out {out_after:.2f} s after pause (lags {lags})")
-        assert 2.0 <= out_after <= 3.0, out_after
+        # Not before the lag can have reached 2 s (the last replicated write predates the pause by
+        # up to one writer period), and within a probe interval or so after.
+        assert 1.7 <= out_after <= 3.0, out_after
         assert all(lags[c] > 2000 for c in standbys), lags
         # From now on, no Bounded read reaches a standby.
         quiet_from = bed.counters()
