@@ -226,16 +226,16 @@ async fn print_job(j: &Value, c: &Client) {
             .unwrap_or_else(|| "   running".into());
         println!("  {ms}  {}  {}", s["name"].as_str().unwrap_or(""), s["detail"].as_str().unwrap_or(""));
         // A drill's steps name the switchover jobs they ran; show theirs too.
-        if let Some(sub) = s["detail"].as_str().and_then(|d| d.strip_prefix("job ")).and_then(|d| d.split(':').next()) {
-            if let Ok((200, sj)) = c.call(http::Method::GET, &format!("/v1/jobs/{sub}"), None).await {
-                for ss in sj["steps"].as_array().into_iter().flatten() {
-                    let ms = ss.get("duration_ms").and_then(Value::as_f64).unwrap_or(0.0);
-                    println!(
-                        "      {ms:9.1} ms  {}  {}",
-                        ss["name"].as_str().unwrap_or(""),
-                        ss["detail"].as_str().unwrap_or("")
-                    );
-                }
+        if let Some(sub) = s["detail"].as_str().and_then(|d| d.strip_prefix("job ")).and_then(|d| d.split(':').next())
+            && let Ok((200, sj)) = c.call(http::Method::GET, &format!("/v1/jobs/{sub}"), None).await
+        {
+            for ss in sj["steps"].as_array().into_iter().flatten() {
+                let ms = ss.get("duration_ms").and_then(Value::as_f64).unwrap_or(0.0);
+                println!(
+                    "      {ms:9.1} ms  {}  {}",
+                    ss["name"].as_str().unwrap_or(""),
+                    ss["detail"].as_str().unwrap_or("")
+                );
             }
         }
     }

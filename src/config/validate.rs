@@ -84,10 +84,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             ("listener.tls_key", Some(&t.key)),
             ("listener.client_ca", t.client_ca.as_ref()),
         ] {
-            if let Some(p) = p {
-                if !p.exists() {
-                    c.problems.push(format!("{k}: {} does not exist", p.display()));
-                }
+            if let Some(p) = p
+                && !p.exists()
+            {
+                c.problems.push(format!("{k}: {} does not exist", p.display()));
             }
         }
     }
@@ -242,10 +242,10 @@ fn validate_clusters(c: &mut Checker, raw: &RawConfig) -> Vec<ClusterConfig> {
         if rc.tls_ca.is_some() && !uri.starts_with("https://") {
             c.problems.push(format!("{}: set, but the uri is not https://", at("tls_ca")));
         }
-        if let Some(p) = &rc.tls_ca {
-            if !std::path::Path::new(p).exists() {
-                c.problems.push(format!("{}: {p} does not exist", at("tls_ca")));
-            }
+        if let Some(p) = &rc.tls_ca
+            && !std::path::Path::new(p).exists()
+        {
+            c.problems.push(format!("{}: {p} does not exist", at("tls_ca")));
         }
         out.push(ClusterConfig {
             id,

@@ -119,7 +119,9 @@ impl Proxy {
             route.epoch = tracing::field::Empty,
             upstream.cluster = tracing::field::Empty,
         );
-        match tracing::Instrument::instrument(self.route(req, call, &conn), span).await {
+        // Boxed: the routing future is large, and hyper moves the per-stream future into a
+        // task; a pointer moves cheaper than the whole state machine.
+        match tracing::Instrument::instrument(Box::pin(self.route(req, call, &conn)), span).await {
             Ok(resp) => resp,
             Err(e) => {
                 let st = e.status();
@@ -166,7 +168,7 @@ impl Proxy {
                 };
                 if let Some(n) = named {
                     let target = named_cluster(&table, &n)?;
-                    return self.forward(target, &table, parts, body, &call).await;
+                    return self.forward(target, &table, parts, body, &call).await.map_err(ProxyError::for_read);
                 }
                 let db = db_of(&parts, fields.as_ref().map(|f| f.db_name.as_str()));
                 let level = match &fields {
@@ -252,6 +254,8 @@ impl Proxy {
             let is_primary = primary.as_ref().is_some_and(|p| std::ptr::eq(&**p, c));
             is_primary || required.is_none_or(|t| c.signals.checkpoint.load(std::sync::atomic::Ordering::Relaxed) >= t)
         };
+        // Why the last cluster tried could not be reached, for the error if none can.
+        let mut last_error = String::new();
         loop {
             let picked = if only_primary {
                 if primary.is_none() {
@@ -265,9 +269,10 @@ impl Proxy {
             };
             let Some(cluster) = picked else {
                 return Err(match tried.last() {
-                    Some(c) => {
-                        ProxyError::NotSent { cluster: c.id.to_string(), detail: "no other cluster to try".into() }
-                    }
+                    Some(c) => ProxyError::NotSent {
+                        cluster: c.id.to_string(),
+                        detail: format!("{last_error}; no other cluster to try"),
+                    },
                     None => ProxyError::NoReadTarget { reason: "no primary and no serving standby".into() },
                 });
             };
@@ -276,10 +281,12 @@ impl Proxy {
                 Ok(resp) => return Ok(resp),
                 Err(SendError::NotSent(e, back)) if !only_primary && tried.len() + 1 < READ_ATTEMPTS => {
                     tracing::warn!(cluster = %cluster.id, error = %e, "read not sent; trying another cluster");
+                    self.count_transport_failure(&cluster);
+                    last_error = e.to_string();
                     tried.push(cluster);
                     req = *back;
                 }
-                Err(e) => return Err(self.send_error(&cluster, e)),
+                Err(e) => return Err(self.send_error(&cluster, e).for_read()),
             }
         }
     }
@@ -311,12 +318,17 @@ impl Proxy {
         Ok(resp.map(|inc| b::boxed(ResponseBody::new(inc, outcome))))
     }
 
-    /// Maps a transport failure to switchyard's error, counting it for passive ejection.
-    fn send_error(&self, cluster: &Arc<Cluster>, e: SendError) -> ProxyError {
+    /// Counts a transport failure on client traffic; wakes the health task at `fall` in a row.
+    fn count_transport_failure(&self, cluster: &Cluster) {
         let fails = cluster.signals.transport_failed();
         if fails >= self.control.config().health.fall {
             cluster.signals.kick.notify_one();
         }
+    }
+
+    /// Maps a transport failure to switchyard's error, counting it for passive ejection.
+    fn send_error(&self, cluster: &Arc<Cluster>, e: SendError) -> ProxyError {
+        self.count_transport_failure(cluster);
         match e {
             SendError::NotSent(e, _) => ProxyError::NotSent { cluster: cluster.id.to_string(), detail: e.to_string() },
             SendError::Sent(e) => ProxyError::MaybeSent { cluster: cluster.id.to_string(), detail: e.to_string() },
@@ -340,8 +352,10 @@ fn named_cluster(table: &RoutingTable, name: &str) -> Result<Arc<Cluster>, Proxy
 }
 
 /// `Connect` is answered by the primary, so the `identifier` a client sends belongs to it.
-/// Milvus uses it only to track client connections, and it means nothing to another
-/// cluster, so it is not sent there.
+/// Milvus reads it only in its `KeepActiveInterceptor` (milvus `internal/proxy/connection`),
+/// asynchronously, to refresh that client's last-active time; an id it does not know is
+/// ignored. A foreign one would be harmless, but it would refresh a stranger's entry if ids
+/// collided, so it is not sent to another cluster.
 fn strip_foreign_identifier(req: &mut Request<Body>, table: &RoutingTable, target: &Arc<Cluster>) {
     let is_primary = table.primary.as_ref().is_some_and(|p| Arc::ptr_eq(p, target));
     if !is_primary {
