@@ -19,8 +19,9 @@ and switchyard's admin API (``GET /v1/clusters``) is how it sees what the monito
 6. ``switchyard ctl status`` and ``GET /v1/clusters`` show role, health, lag, in-flight and
    counters; the admin API answers 401 to a wrong or missing token.
 
-milvus-lite reports every collection's default consistency level as Strong, whatever it was
-created with, so reads that should go to standbys name ``Bounded``.
+Collections are created with ``consistency_level="Bounded"`` unless a test says otherwise; the
+stand-in keeps each collection's level and reports it in ``DescribeCollection`` as Milvus does,
+which is how switchyard routes a read that names no level.
 """
 
 from __future__ import annotations
@@ -376,17 +377,20 @@ def test_lagging_standby_leaves_bounded_reads_and_strong_reads_stay_on_primary(b
     assert d["cluster-a"]["reads_data"] == 20 and d["cluster-b"]["reads_data"] == d["cluster-c"]["reads_data"] == 0, d
 
     # A collection whose default level is Strong: a pymilvus search naming no level goes to the
-    # primary (switchyard learns the level from DescribeCollection on the primary, once).
+    # primary (switchyard learns the level from DescribeCollection on the primary, once). The
+    # same search of a collection whose default is Bounded goes to a standby.
     make_collection(client, "strong_default", rows=5, level="Strong")
     wait_replicated([bed.b, bed.c], "strong_default", 5)
-    before = bed.counters()
-    for i in range(10):
-        hits = client.search("strong_default", data=[vec(i % 5)], limit=1, output_fields=["id"])
-        assert hits[0][0]["id"] == i % 5, hits
-    d = delta(bed.counters(), before)
-    assert d["cluster-a"]["reads_data"] == 10 and d["cluster-b"]["reads_data"] == d["cluster-c"]["reads_data"] == 0, d
-    assert 1 <= d["cluster-a"]["reads_metadata"] <= 2, d  # DescribeCollection, then cached
-    # The same collection read with an explicit Bounded level goes to a standby: the level routes.
+    for name, primary_reads in (("strong_default", 10), ("bounded", 0)):
+        before = bed.counters()
+        for i in range(10):
+            hits = client.search(name, data=[vec(i % 5)], limit=1, output_fields=["id"])
+            assert hits[0][0]["id"] == i % 5, hits
+        d = delta(bed.counters(), before)
+        standby_reads = d["cluster-b"]["reads_data"] + d["cluster-c"]["reads_data"]
+        assert (d["cluster-a"]["reads_data"], standby_reads) == (primary_reads, 10 - primary_reads), (name, d)
+        assert 1 <= d["cluster-a"]["reads_metadata"] <= 2, (name, d)  # DescribeCollection, then cached
+    # The Strong collection read with an explicit Bounded level goes to a standby: the level routes.
     d = searches(10, "Bounded", "strong_default")
     assert d["cluster-a"]["reads_data"] == 0, d
 
@@ -642,39 +646,51 @@ def test_roles_changed_outside_are_adopted_and_disagreement_refuses_writes(pair_
 # --- 5. read-your-writes ---------------------------------------------------------------------
 
 
-def own_row_trials(sy: Switchyard, bed: Bed, name: str, trials: int = 200) -> tuple[int, int, dict]:
-    """Inserts a row and at once queries and searches it (Bounded), ``trials`` times on one
-    connection. Returns (queries that missed it, searches that missed it, reads served where)."""
-    from pymilvus import MilvusClient
-
-    client = MilvusClient(uri=sy.uri, token=TOKEN)
+def own_row_trials(client, bed: Bed, name: str, trials: int = 200) -> tuple[int, int, dict]:
+    """Inserts a row and at once queries and searches it at the collection's default level
+    (Bounded: no level named), ``trials`` times on ``client``'s one connection. Returns (queries
+    that missed it, searches that missed it, data reads served by each cluster)."""
     make_collection(client, name, rows=0)
     before = bed.counters()
     q_miss = s_miss = 0
     for i in range(trials):
         client.insert(name, [{"id": i, "vec": vec(i)}])
-        got = client.query(name, filter=f"id == {i}", output_fields=["id"], consistency_level="Bounded")
+        got = client.query(name, filter=f"id == {i}", output_fields=["id"])
         q_miss += not any(r["id"] == i for r in got)
-        hits = client.search(name, data=[vec(i)], limit=1, output_fields=["id"], consistency_level="Bounded")
+        hits = client.search(name, data=[vec(i)], limit=1, output_fields=["id"])
         s_miss += not (hits and hits[0] and hits[0][0]["id"] == i)
     d = delta(bed.counters(), before)
-    client.drop_collection(name)
-    client.close()
     return q_miss, s_miss, {cid: v["reads_data"] for cid, v in d.items()}
 
 
 def test_read_your_writes(bed):
+    from pymilvus import MilvusClient
+
     bed.a.control("/fault/replication/delay", ms=200)
     on = bed.switchyard(routing={"read_your_writes": "5s"})
-    q_miss, s_miss, served = own_row_trials(on, bed, "ryw_on")
+    client = MilvusClient(uri=on.uri, token=TOKEN)
+    q_miss, s_miss, served = own_row_trials(client, bed, "ryw_on")
     print(f"read_your_writes = 5s: {q_miss} queries and {s_miss} searches of 200 missed; reads served {served}")
     assert q_miss == 0 and s_miss == 0, (q_miss, s_miss)
+    # Within the window, once the standbys have applied the last write (switchyard has seen
+    # their checkpoints reach it: lag 0), its reads go to them again.
+    wait_until(lambda: all(c["lag_ms"] == 0 for c in clusters(on).values()), timeout=4, what="standbys caught up")
+    before = bed.counters()
+    for _ in range(10):
+        assert client.query("ryw_on", filter="id == 199", output_fields=["id"])
+    d = delta(bed.counters(), before)
+    assert d["cluster-a"]["reads_data"] == 0 and d["cluster-b"]["reads_data"] + d["cluster-c"]["reads_data"] == 10, d
+    client.drop_collection("ryw_on")
+    client.close()
 
     off = bed.switchyard()
-    q_miss, s_miss, served = own_row_trials(off, bed, "ryw_off")
+    client = MilvusClient(uri=off.uri, token=TOKEN)
+    q_miss, s_miss, served = own_row_trials(client, bed, "ryw_off")
     print(f"read_your_writes off: {q_miss} queries and {s_miss} searches of 200 missed; reads served {served}")
     assert q_miss + s_miss > 0, "with read-your-writes off no read missed: the trials cannot tell"
     assert served["cluster-a"] == 0, served
+    client.drop_collection("ryw_off")
+    client.close()
 
 
 # --- 6. status and the admin token -------------------------------------------------------------
