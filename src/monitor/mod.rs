@@ -253,3 +253,81 @@ fn apply(
         on_change();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ClusterConfig, Role};
+    use crate::topology::{ProxyState, Topology};
+
+    fn fixture() -> (Arc<Cluster>, SharedRouting, MonitorSettings) {
+        let cluster = Cluster::new(ClusterConfig {
+            id: "b".into(),
+            uri: "http://127.0.0.1:1".into(),
+            token: None,
+            pchannels: vec!["b-rootcoord-dml_0".into()],
+            role: Role::Standby,
+            metrics_uri: None,
+            tls_ca: None,
+            tls_server_name: None,
+        })
+        .unwrap();
+        let cfg = crate::config::Config::from_toml(
+            "[[clusters]]\nid=\"a\"\nuri=\"http://h:1\"\npchannels=1\nrole=\"primary\"\n",
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let topo = Topology { epoch: 1, primary: None, standbys: vec![], fenced: vec![], rebuild: vec![] };
+        let table = crate::routing::RoutingTable::build(
+            &topo,
+            ProxyState::Running,
+            None,
+            &[],
+            Arc::new(cfg.routing.clone()),
+            |_| true,
+        );
+        let health = HealthConfig {
+            interval: Duration::from_millis(200),
+            timeout: Duration::from_millis(500),
+            rise: 2,
+            fall: 3,
+        };
+        (
+            cluster,
+            Arc::new(ArcSwap::from_pointee(table)),
+            MonitorSettings { health, max_read_lag: cfg.routing.max_read_lag },
+        )
+    }
+
+    fn outcome(ok: bool, passive: bool) -> ProbeOutcome {
+        ProbeOutcome { health: if ok { Ok(()) } else { Err("no".into()) }, passive, checkpoint: None }
+    }
+
+    #[test]
+    fn fall_rise_and_passive_ejection() {
+        let (cluster, routing, s) = fixture();
+        let (tx, rx) = watch::channel(ClusterView { lag_ok: true, ..ClusterView::default() });
+        let changes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = changes.clone();
+        let on_change: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
+        let mut counts = (0, 0);
+        let mut feed = |ok: bool, passive: bool| {
+            apply(&cluster, &routing, &s, &tx, &on_change, &mut counts, outcome(ok, passive));
+            rx.borrow().up
+        };
+        // The first result decides at once.
+        assert!(feed(true, false));
+        // Down only at the `fall`-th consecutive failure.
+        assert!(feed(false, false));
+        assert!(feed(false, false));
+        assert!(!feed(false, false));
+        // Up only at the `rise`-th consecutive success.
+        assert!(!feed(true, false));
+        assert!(feed(true, false));
+        // Failures on client traffic take it down at once.
+        assert!(!feed(false, true));
+        assert_eq!(changes.load(std::sync::atomic::Ordering::Relaxed), 4);
+    }
+}
