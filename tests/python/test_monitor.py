@@ -8,7 +8,8 @@ and switchyard's admin API (``GET /v1/clusters``) is how it sees what the monito
 1. lag: under 1 s with an idle primary for 30 s; grows with real time while replication is
    paused and writes flow; back under 1 s after resume;
 2. a standby past ``max_read_lag`` stops serving Bounded reads and serves again once caught
-   up; Strong reads, named or by the collection's default level, never go to a standby;
+   up; Strong reads, named or by the collection's default level, never go to a standby, not
+   even when the primary is down (they fail instead);
 3. an unhealthy, frozen or dead standby leaves the read rotation within
    ``fall x interval + timeout``, and reads continue on the others;
 4. roles changed behind switchyard's back are adopted, writes during the change land on the new
