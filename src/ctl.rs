@@ -274,15 +274,17 @@ fn print_status(topo: &Value, clusters: &Value) {
     );
     for c in clusters.as_array().into_iter().flatten() {
         let lag = c.get("lag_ms").and_then(Value::as_u64).map(|l| format!("{l}ms")).unwrap_or_else(|| "-".into());
+        // Numbers as strings: a JSON value's Display ignores the width, which broke the columns.
+        let num = |k: &str| c.get(k).and_then(Value::as_u64).map(|n| n.to_string()).unwrap_or_else(|| "-".into());
         println!(
             "{:<16} {:<8} {:<6} {:>10} {:>9} {:>10} {:>10}",
             c["id"].as_str().unwrap_or(""),
             c["role"].as_str().unwrap_or(""),
             c["health"].as_str().unwrap_or(""),
             lag,
-            c["in_flight"],
-            c["reads_total"],
-            c["writes_total"]
+            num("in_flight"),
+            num("reads_total"),
+            num("writes_total")
         );
     }
 }

@@ -67,6 +67,17 @@ pub struct ConnInfo {
     pub writes: RecentWrites,
 }
 
+/// Where a data read may go.
+#[derive(Debug, Clone, Copy)]
+struct Pick {
+    /// Where its kind and level send it.
+    target: ReadTarget,
+    /// Only the primary may answer it (Strong, Session): no standby fallback.
+    only_primary: bool,
+    /// Read-your-writes: the primary timestamp a standby must have applied.
+    required: Option<u64>,
+}
+
 /// What the router knows about one call.
 #[derive(Debug)]
 struct Call {
@@ -172,7 +183,8 @@ impl Proxy {
                         .flatten()
                 });
                 let target = policy::read_target(call.kind, level, &table.policy);
-                self.read(&table, target, required, parts, body, &call).await
+                let only_primary = policy::primary_only(call.kind, level, &table.policy);
+                self.read(&table, Pick { target, only_primary, required }, parts, body, &call).await
             }
         }
     }
@@ -223,16 +235,17 @@ impl Proxy {
         }
     }
 
-    /// Sends a read, moving to another cluster while attempts are never sent.
+    /// Sends a read, moving to another cluster while attempts are never sent (except for a
+    /// read only the primary may answer: it fails with the primary).
     async fn read(
         &self,
         table: &RoutingTable,
-        target: ReadTarget,
-        required: Option<u64>,
+        pick: Pick,
         parts: http::request::Parts,
         body: RequestBody,
         call: &Call,
     ) -> Result<Response<Body>, ProxyError> {
+        let Pick { target, only_primary, required } = pick;
         let mut tried: Vec<Arc<Cluster>> = Vec::new();
         let mut req = Request::from_parts(parts, b::boxed(body));
         let primary = table.primary.clone();
@@ -244,7 +257,17 @@ impl Proxy {
         // Why the last cluster tried could not be reached, for the error if none can.
         let mut last_error = String::new();
         loop {
-            let Some(cluster) = policy::pick_read_where(table, target, &tried, caught_up) else {
+            let picked = if only_primary {
+                if primary.is_none() {
+                    return Err(ProxyError::NoReadTarget {
+                        reason: "a Strong or Session read is served by the primary only, and there is none".into(),
+                    });
+                }
+                primary.clone().filter(|p| !tried.iter().any(|t| Arc::ptr_eq(t, p)))
+            } else {
+                policy::pick_read_where(table, target, &tried, caught_up)
+            };
+            let Some(cluster) = picked else {
                 return Err(match tried.last() {
                     Some(c) => ProxyError::NotSent {
                         cluster: c.id.to_string(),
@@ -256,7 +279,7 @@ impl Proxy {
             strip_foreign_identifier(&mut req, table, &cluster);
             match self.send(&cluster, req, call).await {
                 Ok(resp) => return Ok(resp),
-                Err(SendError::NotSent(e, back)) if tried.len() + 1 < READ_ATTEMPTS => {
+                Err(SendError::NotSent(e, back)) if !only_primary && tried.len() + 1 < READ_ATTEMPTS => {
                     tracing::warn!(cluster = %cluster.id, error = %e, "read not sent; trying another cluster");
                     self.count_transport_failure(&cluster);
                     last_error = e.to_string();
