@@ -39,6 +39,15 @@ pub enum ProxyError {
         /// The transport error.
         detail: String,
     },
+    /// A read failed after it may have reached the cluster. Reads change nothing, so unlike
+    /// [`ProxyError::MaybeSent`] the client may simply retry.
+    #[error("cluster {cluster} failed mid-request: {detail}; a read changes nothing, safe to retry")]
+    ReadFailed {
+        /// The cluster.
+        cluster: String,
+        /// The transport error.
+        detail: String,
+    },
     /// The message is larger than `listener.max_message_size`.
     #[error("message of {len} bytes exceeds listener.max_message_size ({limit} bytes); not sent")]
     MessageTooLarge {
@@ -97,6 +106,14 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// The same error for a read: "may have been applied" becomes "safe to retry".
+    pub fn for_read(self) -> Self {
+        match self {
+            ProxyError::MaybeSent { cluster, detail } => ProxyError::ReadFailed { cluster, detail },
+            other => other,
+        }
+    }
+
     /// The gRPC status for this error.
     pub fn status(&self) -> GrpcStatus {
         let code = match self {
@@ -104,6 +121,7 @@ impl ProxyError {
             | ProxyError::NoReadTarget { .. }
             | ProxyError::NotSent { .. }
             | ProxyError::MaybeSent { .. }
+            | ProxyError::ReadFailed { .. }
             | ProxyError::HeldTooLong { .. }
             | ProxyError::HoldFailed { .. }
             | ProxyError::ShuttingDown
@@ -133,6 +151,12 @@ mod tests {
         assert_eq!(
             cut.message,
             "switchyard: shutting down; cluster-a had not answered when the shutdown grace period ended; the write may have been applied, check before retrying"
+        );
+        let read = ProxyError::MaybeSent { cluster: "cluster-c".into(), detail: "connection error".into() }.for_read();
+        assert_eq!(read.status().code, Code::Unavailable);
+        assert_eq!(
+            read.status().message,
+            "switchyard: cluster cluster-c failed mid-request: connection error; a read changes nothing, safe to retry"
         );
     }
 }

@@ -6,6 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// A proxy allocates and frees small buffers per request on every core; mimalloc's per-thread
+// free lists cost less there than glibc's malloc (measured in BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "switchyard", version, about = "A global gRPC endpoint for Milvus clusters replicated with CDC")]
 struct Cli {
@@ -82,8 +87,14 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("SWITCHYARD_WORKER_THREADS").ok().and_then(|v| v.parse().ok()) {
+    // One worker means one thread doing everything: a current-thread runtime does that
+    // without the work-stealing machinery (no cross-thread wake-ups).
+    let workers: Option<usize> = std::env::var("SWITCHYARD_WORKER_THREADS").ok().and_then(|v| v.parse().ok());
+    let mut rt = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if let Some(n) = workers.filter(|n| *n > 1) {
         rt.worker_threads(n);
     }
     let rt = match rt.enable_all().build() {

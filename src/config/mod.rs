@@ -241,9 +241,28 @@ impl Config {
     /// Parses and validates config text. Relative paths are kept as written.
     pub fn from_toml(text: &str, _base: &Path) -> Result<Config, ConfigError> {
         let expanded = expand_env(text)?;
-        let raw: raw::RawConfig =
+        let mut table: toml::Table =
             toml::from_str(&expanded).map_err(|e| ConfigError::one(toml_problem(&expanded, &e)))?;
-        validate::validate(raw)
+        // Unknown keys are all reported (not just the first), and validation goes on
+        // without them so the other problems show too.
+        let unknown = raw::strip_unknown_keys(&mut table);
+        let raw: raw::RawConfig = match table.try_into() {
+            Ok(r) => r,
+            Err(e) => {
+                let mut problems = unknown;
+                problems.push(format!("invalid value: {}", hide_values(e.message().trim())));
+                return Err(ConfigError { problems });
+            }
+        };
+        match validate::validate(raw) {
+            Ok(c) if unknown.is_empty() => Ok(c),
+            Ok(_) => Err(ConfigError { problems: unknown }),
+            Err(mut e) => {
+                let mut problems = unknown;
+                problems.append(&mut e.problems);
+                Err(ConfigError { problems })
+            }
+        }
     }
 
     /// The cluster with this id.
