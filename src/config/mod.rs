@@ -250,7 +250,7 @@ impl Config {
             Ok(r) => r,
             Err(e) => {
                 let mut problems = unknown;
-                problems.push(format!("invalid value: {}", hide_values(e.message().trim())));
+                problems.push(value_problem(&e));
                 return Err(ConfigError { problems });
             }
         };
@@ -286,6 +286,15 @@ fn toml_problem(text: &str, e: &toml::de::Error) -> String {
         })
         .unwrap_or_default();
     format!("invalid TOML{at}: {}", hide_values(e.message().trim()))
+}
+
+/// A value of the wrong type, with the key it is in (`... in `listener.max_concurrent_streams``)
+/// but not the value itself.
+fn value_problem(e: &toml::de::Error) -> String {
+    let text = e.to_string();
+    let key = text.strip_prefix(e.message()).unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ");
+    let sep = if key.is_empty() { "" } else { " " };
+    format!("invalid value: {}{sep}{key}", hide_values(e.message().trim()))
 }
 
 /// serde's "invalid type: string \"…\", expected …" and "unknown variant `…`" quote a value;

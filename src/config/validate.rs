@@ -374,7 +374,7 @@ pchannels = 3
             // a value of the wrong type
             (
                 GOOD.replace("address = \"127.0.0.1:0\"", &format!("max_concurrent_streams = \"{secret}\"")),
-                "string, expected u32",
+                "invalid value: invalid type: string, expected u32 in `listener.max_concurrent_streams`",
             ),
         ] {
             let e = Config::from_toml(&text, Path::new(".")).unwrap_err();
