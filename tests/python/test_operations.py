@@ -6,17 +6,20 @@ cluster tokens ``root:S3cretPassw0rd`` and the admin token ``adm1n-t0ken-xyz``, 
 can grep every log of the run for them.
 
 1. ``/metrics`` after a scripted workload with one switchover: every metric of the interface, by
-   name, with exact values (requests by kind/cluster/code, histogram counts and buckets, held
-   writes during a pause and after, hold durations, role changes, the routing epoch, cluster up
-   with a downed cluster, lag while replication is paused).
+   name, with exact values (requests by kind/cluster/code, histogram counts and buckets, writes
+   held by an operator's pause and by the switchover, hold durations, role changes, the routing
+   epoch, cluster up with a downed cluster, lag while replication is paused).
 2. Hot reload by SIGHUP, ``POST /v1/reload`` and ``switchyard ctl reload``: a standby added
    serves reads with one client and one connection open across it; invalid files, a listener
-   address change and the removal of the primary are refused with every reason, changing nothing.
-3. SIGTERM under steady load and while a switchover holds writes: every call gets an answer,
-   none hangs or is reset, ``/readyz`` turns 503 at once, and the process exits within
-   ``SWITCHYARD_SHUTDOWN_GRACE`` (5s).
-4. pymilvus's own global-cluster topology code reads ``GET /global-cluster/topology``, and the
-   answer follows a switchover.
+   address change, the removal of the primary, and cluster changes while a switchover runs are
+   refused with every reason, changing nothing.
+3. SIGTERM under steady load, while a switchover holds writes, during an operator's pause, and
+   with calls stuck on frozen clusters: every call gets an answer (a cluster's or a clear
+   ``switchyard:`` error), none hangs or is reset, ``/readyz`` turns 503 at once, and the process
+   exits within ``SWITCHYARD_SHUTDOWN_GRACE`` (5s).
+4. pymilvus's own global-cluster topology code (2.6, and 3.x from ``.venv-pm3``) reads
+   ``GET /global-cluster/topology``; the answer follows a switchover, a failover (fenced and
+   to-be-rebuilt clusters left out, never a topology without a primary) and readmits.
 5. (last, so it sees every log of the run) no token or password in any log, admin answer,
    error message or ``check-config`` output.
 
@@ -33,7 +36,6 @@ import re
 import signal
 import struct
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -859,6 +861,67 @@ def test_sigterm_during_a_held_switchover_fails_held_writes_clearly_within_grace
     assert all(c.code == grpc.StatusCode.OK for c in reads.calls if c.t0 < t_sig - 0.05)
 
 
+def test_sigterm_during_an_operator_pause_sends_the_held_writes_to_the_primary(bed_factory):
+    bed = bed_factory()
+    a, b = bed["cluster-a"], bed["cluster-b"]
+    make_collection(a, rows=10)
+    wait_rows(b, 10)
+    r = bed.admin("POST", "/v1/writes/pause", json={"timeout": "10m"})
+    assert r.status_code == 200, r.text
+    before = a.state()["counters"]["writes_served"]
+    writers = [in_thread(lambda i=i: Raw(bed.sy.addr).call("Insert", insert_request([800_000 + i]), timeout=30,
+                                                            token=SECRET)) for i in range(3)]
+    wait_until(lambda: bed.scrape().one("switchyard_held_writes") == 3, timeout=10, what="3 held writes")
+    out = sigterm_and_watch(bed)
+    for t, _ in writers:
+        t.join(GRACE + 10)
+    print(f"\noperator pause: exit {out['exit_s']:.3f}s after SIGTERM, code {out['code']}")
+    assert out["code"] == 0 and out["exit_s"] < 1.5, out
+    for t, res in writers:
+        assert not t.is_alive() and "value" in res, res
+        code, details, resp = res["value"]
+        assert code == grpc.StatusCode.OK and resp.status.code == 0 and resp.insert_cnt == 1, (code, details)
+    assert a.state()["counters"]["writes_served"] - before == 3
+
+
+def test_sigterm_with_calls_stuck_on_frozen_clusters_answers_them_before_the_grace_ends(bed_factory):
+    bed = bed_factory()
+    a, b = bed["cluster-a"], bed["cluster-b"]
+    make_collection(a, rows=10)
+    wait_rows(b, 10)
+    search(bed.raw)
+    for s in (a, b):  # both clusters stop answering: a write and a read hang on them
+        s.control("/fault/freeze")
+        bed.cleanups.append(lambda s=s: s.control("/fault/thaw"))
+
+    def timed(method, req):
+        raw = Raw(bed.sy.addr)
+        try:
+            return raw.call(method, req, timeout=30, token=SECRET) + (time.monotonic(),)
+        finally:
+            raw.close()
+
+    stuck = [in_thread(timed, "Insert", insert_request([777])), in_thread(timed, "Search", search_request())]
+    wait_until(lambda: [c["in_flight"] for c in clusters_view(bed).values()] == [1, 1], timeout=10,
+               what="one call in flight on each cluster")
+    out = sigterm_and_watch(bed)
+    for t, _ in stuck:
+        t.join(GRACE + 10)
+    print(f"\nfrozen clusters: exit {out['exit_s']:.3f}s after SIGTERM, code {out['code']}; "
+          f"answers {[r.get('value', r.get('error')) for _, r in stuck]}")
+    assert out["exit_s"] < GRACE, out
+    assert_readyz_turned(out["ready"])
+    (_, w), (_, r) = stuck
+    code, details, _, t1 = w["value"]
+    assert code == grpc.StatusCode.UNAVAILABLE and details.startswith("switchyard: shutting down"), details
+    assert "may have been applied" in details and "cluster-a" in details, details
+    assert t1 - out["t_sig"] < GRACE
+    code, details, _, t1 = r["value"]
+    assert code == grpc.StatusCode.UNAVAILABLE and details.startswith("switchyard: shutting down"), details
+    assert "safe to retry" in details and "cluster-b" in details, details
+    assert t1 - out["t_sig"] < GRACE
+
+
 # --- 4. the SDKs' global-cluster topology -----------------------------------------------------
 
 PM3_PARSE = """
@@ -996,37 +1059,31 @@ def leaks(text: str) -> list[str]:
     return [s for s in FORBIDDEN if s in text]
 
 
-BAD_CONFIGS = {
-    # A TOML error on the token's own line.
-    "unterminated": 'token = "root:S3cretPassw0rd\n',
-    # A misspelt key next to a secret value.
-    "misspelt": 'tokn = "root:S3cretPassw0rd"\n',
-    # A value of the wrong type on the token line.
-    "wrong type": 'token = "root:S3cretPassw0rd"\nmax_concurrent_streams = "adm1n-t0ken-xyz"\n',
-    # Credentials in the uri instead of the token.
-    "uri credentials": 'uri2 = "x"\n',
-    # Several semantic problems in a file full of secrets.
-    "semantic": 'token = "root:S3cretPassw0rd"\n',
-}
-
-
 def bad_config(kind: str) -> str:
-    head = '[listener]\naddress = "127.0.0.1:0"\n'
-    if kind == "wrong type":
-        head = '[listener]\naddress = "127.0.0.1:0"\nmax_concurrent_streams = "root:S3cretPassw0rd"\n'
+    """A config file full of secrets with one kind of mistake."""
+    listener = '[listener]\naddress = "127.0.0.1:0"\n'
+    cluster = {"id": '"a"', "uri": '"http://127.0.0.1:1"', "token": f'"{SECRET}"', "pchannels": "2",
+               "role": '"primary"'}
+    tail = ""
+    if kind == "unterminated":  # a TOML error on the token's own line
+        cluster["token"] = f'"{SECRET}'
+    elif kind == "misspelt":  # a misspelt key next to a secret value
+        cluster["tokn"] = cluster.pop("token")
+    elif kind == "wrong type":  # a secret where a number belongs
+        listener += f'max_concurrent_streams = "{SECRET}"\n'
+    elif kind == "uri credentials":  # credentials in the uri instead of the token
+        cluster["uri"] = f'"http://{SECRET}@127.0.0.1:1"'
+    elif kind == "semantic":  # several problems at once
+        tail = '[health]\ninterval = "soon"\n[switchover]\nhold_window = "-1s"\n'
     admin = f'[admin]\naddress = "127.0.0.1:0"\ntoken = "{ADMIN_TOKEN}"\n'
-    uri = "http://root:S3cretPassw0rd@127.0.0.1:1" if kind == "uri credentials" else "http://127.0.0.1:1"
-    cluster = f'[[clusters]]\nid = "a"\nuri = "{uri}"\npchannels = 2\nrole = "primary"\n'
-    if kind not in ("uri credentials", "wrong type"):
-        cluster += BAD_CONFIGS[kind]
-    else:
-        cluster += f'token = "{SECRET}"\n'
-    tail = '[health]\ninterval = "soon"\n[switchover]\nhold_window = "-1s"\n' if kind == "semantic" else ""
-    return head + admin + cluster + tail
+    return listener + admin + "[[clusters]]\n" + "".join(f"{k} = {v}\n" for k, v in cluster.items()) + tail
+
+
+BAD_CONFIGS = ["unterminated", "misspelt", "wrong type", "uri credentials", "semantic"]
 
 
 def test_no_token_or_password_in_logs_answers_or_errors(bed_factory, tmp_path, tmp_path_factory):
-    from pymilvus import MilvusClient
+    from pymilvus import DataType, MilvusClient
 
     bed = bed_factory()
     a, b = bed["cluster-a"], bed["cluster-b"]
@@ -1036,8 +1093,8 @@ def test_no_token_or_password_in_logs_answers_or_errors(bed_factory, tmp_path, t
     client = MilvusClient(uri=bed.sy.uri, token=SECRET)
     bed.cleanups.append(client.close)
     s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-    s.add_field("id", DataType_INT64(), is_primary=True)
-    s.add_field("vec", DataType_FLOAT_VECTOR(), dim=DIM)
+    s.add_field("id", DataType.INT64, is_primary=True)
+    s.add_field("vec", DataType.FLOAT_VECTOR, dim=DIM)
     ip = MilvusClient.prepare_index_params()
     ip.add_index("vec", index_type="FLAT", metric_type="L2")
     client.create_collection(COLL, schema=s, index_params=ip, consistency_level="Bounded")
@@ -1121,74 +1178,3 @@ def test_no_token_or_password_in_logs_answers_or_errors(bed_factory, tmp_path, t
                 found.append(f"{p}:{n}: {line[:300]}")
     print(f"\n{len(logs)} logs checked ({sum(p.stat().st_size for p in logs) >> 10} KiB)")
     assert not found, "\n".join(found[:20])
-
-
-def DataType_INT64():
-    from pymilvus import DataType
-    return DataType.INT64
-
-
-def DataType_FLOAT_VECTOR():
-    from pymilvus import DataType
-    return DataType.FLOAT_VECTOR
-
-
-def test_sigterm_during_an_operator_pause_sends_the_held_writes_to_the_primary(bed_factory):
-    bed = bed_factory()
-    a, b = bed["cluster-a"], bed["cluster-b"]
-    make_collection(a, rows=10)
-    wait_rows(b, 10)
-    r = bed.admin("POST", "/v1/writes/pause", json={"timeout": "10m"})
-    assert r.status_code == 200, r.text
-    before = a.state()["counters"]["writes_served"]
-    writers = [in_thread(lambda i=i: Raw(bed.sy.addr).call("Insert", insert_request([800_000 + i]), timeout=30,
-                                                            token=SECRET)) for i in range(3)]
-    wait_until(lambda: bed.scrape().one("switchyard_held_writes") == 3, timeout=10, what="3 held writes")
-    out = sigterm_and_watch(bed)
-    for t, _ in writers:
-        t.join(GRACE + 10)
-    print(f"\noperator pause: exit {out['exit_s']:.3f}s after SIGTERM, code {out['code']}")
-    assert out["code"] == 0 and out["exit_s"] < 1.5, out
-    for t, res in writers:
-        assert not t.is_alive() and "value" in res, res
-        code, details, resp = res["value"]
-        assert code == grpc.StatusCode.OK and resp.status.code == 0 and resp.insert_cnt == 1, (code, details)
-    assert a.state()["counters"]["writes_served"] - before == 3
-
-
-def test_sigterm_with_calls_stuck_on_frozen_clusters_answers_them_before_the_grace_ends(bed_factory):
-    bed = bed_factory()
-    a, b = bed["cluster-a"], bed["cluster-b"]
-    make_collection(a, rows=10)
-    wait_rows(b, 10)
-    search(bed.raw)
-    for s in (a, b):  # both clusters stop answering: a write and a read hang on them
-        s.control("/fault/freeze")
-        bed.cleanups.append(lambda s=s: s.control("/fault/thaw"))
-
-    def timed(method, req):
-        raw = Raw(bed.sy.addr)
-        try:
-            return raw.call(method, req, timeout=30, token=SECRET) + (time.monotonic(),)
-        finally:
-            raw.close()
-
-    stuck = [in_thread(timed, "Insert", insert_request([777])), in_thread(timed, "Search", search_request())]
-    wait_until(lambda: [c["in_flight"] for c in clusters_view(bed).values()] == [1, 1], timeout=10,
-               what="one call in flight on each cluster")
-    out = sigterm_and_watch(bed)
-    for t, _ in stuck:
-        t.join(GRACE + 10)
-    print(f"\nfrozen clusters: exit {out['exit_s']:.3f}s after SIGTERM, code {out['code']}; "
-          f"answers {[r.get('value', r.get('error')) for _, r in stuck]}")
-    assert out["exit_s"] < GRACE, out
-    assert_readyz_turned(out["ready"])
-    (_, w), (_, r) = stuck
-    code, details, _, t1 = w["value"]
-    assert code == grpc.StatusCode.UNAVAILABLE and details.startswith("switchyard: shutting down"), details
-    assert "may have been applied" in details and "cluster-a" in details, details
-    assert t1 - out["t_sig"] < GRACE
-    code, details, _, t1 = r["value"]
-    assert code == grpc.StatusCode.UNAVAILABLE and details.startswith("switchyard: shutting down"), details
-    assert "safe to retry" in details and "cluster-b" in details, details
-    assert t1 - out["t_sig"] < GRACE
