@@ -1002,7 +1002,7 @@ def test_pymilvus_global_topology_reads_the_endpoint_and_follows_a_switchover(be
     # with a non-200 answer the SDK retries, never a topology without a primary (pymilvus
     # raises ValueError on those).
     c = bed["cluster-c"]
-    c.control("/fault/latency", ms=700)  # the failover's calls to C take a while
+    c.control("/fault/latency", ms=400)  # the failover's calls to C take a while
     answers: list = []
     stop = threading.Event()
 
