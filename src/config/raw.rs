@@ -167,7 +167,7 @@ pub(super) fn strip_unknown_keys(table: &mut toml::Table) -> Vec<String> {
     for (section, keys) in KNOWN {
         let mut check = |t: &mut toml::Table, at: String| {
             t.retain(|k, _| {
-                let ok = keys.iter().any(|key| *key == k);
+                let ok = keys.contains(&k);
                 if !ok {
                     problems.push(format!("{at}: unknown key {k:?}"));
                 }
