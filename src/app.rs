@@ -122,7 +122,9 @@ impl App {
     /// Stops in the written order: `/readyz` turns 503; the listener stops accepting and
     /// every HTTP/2 connection gets GOAWAY; held writes are released (if the gate is held by
     /// a job, they wait for it within their `hold_window`, else they go now) or fail with a
-    /// clear error; calls in flight get `grace` to finish.
+    /// clear error at 80% of `grace`; calls in flight get 90% of `grace` to finish, then those
+    /// still waiting for their cluster are answered with a `switchyard:` error. Returns
+    /// whether every call finished by itself.
     pub async fn shutdown(self, grace: Duration) -> bool {
         self.control.ready.store(false, std::sync::atomic::Ordering::SeqCst);
         tracing::info!("shutdown: readiness off; stopping the listener and sending GOAWAY");
@@ -135,9 +137,18 @@ impl App {
         // Writes held by a job wait for it, but not past most of the grace period: then they
         // fail with "shutting down; not sent", leaving time for the answer to reach the client.
         self.control.gate.shutdown_by(std::time::Instant::now() + grace.mul_f32(0.8));
-        let clean = tokio::time::timeout(grace, self.tracker.wait()).await.is_ok();
+        // Calls still waiting for a cluster near the end of the grace period are answered
+        // with a clear error (saying whether a write may have been applied), not cut off
+        // with their connection when the process exits.
+        let cut_at = grace.mul_f32(0.9);
+        let clean = tokio::time::timeout(cut_at, self.tracker.wait()).await.is_ok();
         if !clean {
-            tracing::warn!(grace = ?grace, "shutdown: calls still in flight after the grace period");
+            let waiting: usize = self.control.clusters().iter().map(|c| c.in_flight()).sum();
+            tracing::warn!(grace = ?grace, waiting, "shutdown: answering calls still waiting for their cluster");
+            self.proxy.cut_off_calls();
+            if tokio::time::timeout(grace.saturating_sub(cut_at), self.tracker.wait()).await.is_err() {
+                tracing::warn!(grace = ?grace, "shutdown: connections still open after the grace period");
+            }
         }
         self.admin_stop.cancel();
         self.background.close();

@@ -226,16 +226,16 @@ async fn print_job(j: &Value, c: &Client) {
             .unwrap_or_else(|| "   running".into());
         println!("  {ms}  {}  {}", s["name"].as_str().unwrap_or(""), s["detail"].as_str().unwrap_or(""));
         // A drill's steps name the switchover jobs they ran; show theirs too.
-        if let Some(sub) = s["detail"].as_str().and_then(|d| d.strip_prefix("job ")).and_then(|d| d.split(':').next()) {
-            if let Ok((200, sj)) = c.call(http::Method::GET, &format!("/v1/jobs/{sub}"), None).await {
-                for ss in sj["steps"].as_array().into_iter().flatten() {
-                    let ms = ss.get("duration_ms").and_then(Value::as_f64).unwrap_or(0.0);
-                    println!(
-                        "      {ms:9.1} ms  {}  {}",
-                        ss["name"].as_str().unwrap_or(""),
-                        ss["detail"].as_str().unwrap_or("")
-                    );
-                }
+        if let Some(sub) = s["detail"].as_str().and_then(|d| d.strip_prefix("job ")).and_then(|d| d.split(':').next())
+            && let Ok((200, sj)) = c.call(http::Method::GET, &format!("/v1/jobs/{sub}"), None).await
+        {
+            for ss in sj["steps"].as_array().into_iter().flatten() {
+                let ms = ss.get("duration_ms").and_then(Value::as_f64).unwrap_or(0.0);
+                println!(
+                    "      {ms:9.1} ms  {}  {}",
+                    ss["name"].as_str().unwrap_or(""),
+                    ss["detail"].as_str().unwrap_or("")
+                );
             }
         }
     }
@@ -274,15 +274,17 @@ fn print_status(topo: &Value, clusters: &Value) {
     );
     for c in clusters.as_array().into_iter().flatten() {
         let lag = c.get("lag_ms").and_then(Value::as_u64).map(|l| format!("{l}ms")).unwrap_or_else(|| "-".into());
+        // Numbers as strings: a JSON value's Display ignores the width, which broke the columns.
+        let num = |k: &str| c.get(k).and_then(Value::as_u64).map(|n| n.to_string()).unwrap_or_else(|| "-".into());
         println!(
             "{:<16} {:<8} {:<6} {:>10} {:>9} {:>10} {:>10}",
             c["id"].as_str().unwrap_or(""),
             c["role"].as_str().unwrap_or(""),
             c["health"].as_str().unwrap_or(""),
             lag,
-            c["in_flight"],
-            c["reads_total"],
-            c["writes_total"]
+            num("in_flight"),
+            num("reads_total"),
+            num("writes_total")
         );
     }
 }

@@ -39,6 +39,15 @@ pub enum ProxyError {
         /// The transport error.
         detail: String,
     },
+    /// A read failed after it may have reached the cluster. Reads change nothing, so unlike
+    /// [`ProxyError::MaybeSent`] the client may simply retry.
+    #[error("cluster {cluster} failed mid-request: {detail}; a read changes nothing, safe to retry")]
+    ReadFailed {
+        /// The cluster.
+        cluster: String,
+        /// The transport error.
+        detail: String,
+    },
     /// The message is larger than `listener.max_message_size`.
     #[error("message of {len} bytes exceeds listener.max_message_size ({limit} bytes); not sent")]
     MessageTooLarge {
@@ -83,9 +92,28 @@ pub enum ProxyError {
     /// switchyard is shutting down.
     #[error("shutting down; request not sent, retry against another proxy")]
     ShuttingDown,
+    /// The shutdown grace period ended while the call waited for its cluster's answer.
+    #[error(
+        "shutting down; {cluster} had not answered when the shutdown grace period ended; {}",
+        if *may_be_applied { "the write may have been applied, check before retrying" } else { "safe to retry" }
+    )]
+    CutOff {
+        /// The cluster the call was sent to.
+        cluster: String,
+        /// Whether it was a write (which the cluster may have applied).
+        may_be_applied: bool,
+    },
 }
 
 impl ProxyError {
+    /// The same error for a read: "may have been applied" becomes "safe to retry".
+    pub fn for_read(self) -> Self {
+        match self {
+            ProxyError::MaybeSent { cluster, detail } => ProxyError::ReadFailed { cluster, detail },
+            other => other,
+        }
+    }
+
     /// The gRPC status for this error.
     pub fn status(&self) -> GrpcStatus {
         let code = match self {
@@ -93,9 +121,11 @@ impl ProxyError {
             | ProxyError::NoReadTarget { .. }
             | ProxyError::NotSent { .. }
             | ProxyError::MaybeSent { .. }
+            | ProxyError::ReadFailed { .. }
             | ProxyError::HeldTooLong { .. }
             | ProxyError::HoldFailed { .. }
-            | ProxyError::ShuttingDown => Code::Unavailable,
+            | ProxyError::ShuttingDown
+            | ProxyError::CutOff { .. } => Code::Unavailable,
             ProxyError::MessageTooLarge { .. } | ProxyError::GateFull(_) => Code::ResourceExhausted,
             ProxyError::BadBody(_) => Code::InvalidArgument,
             ProxyError::ReplicateConfigRefused | ProxyError::Fenced(_) => Code::FailedPrecondition,
@@ -116,5 +146,17 @@ mod tests {
         assert_eq!(st.code, Code::Unavailable);
         assert_eq!(st.message, "switchyard: write held 30s during switchover to cluster-b; not sent, safe to retry");
         assert_eq!(ProxyError::ReplicateConfigRefused.status().code, Code::FailedPrecondition);
+        let cut = ProxyError::CutOff { cluster: "cluster-a".into(), may_be_applied: true }.status();
+        assert_eq!(cut.code, Code::Unavailable);
+        assert_eq!(
+            cut.message,
+            "switchyard: shutting down; cluster-a had not answered when the shutdown grace period ended; the write may have been applied, check before retrying"
+        );
+        let read = ProxyError::MaybeSent { cluster: "cluster-c".into(), detail: "connection error".into() }.for_read();
+        assert_eq!(read.status().code, Code::Unavailable);
+        assert_eq!(
+            read.status().message,
+            "switchyard: cluster cluster-c failed mid-request: connection error; a read changes nothing, safe to retry"
+        );
     }
 }

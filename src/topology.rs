@@ -76,10 +76,12 @@ impl Topology {
     pub fn promoted(&self, target: &str) -> Self {
         let mut t = self.clone();
         t.epoch += 1;
-        if let Some(old) = t.primary.take() {
-            if old != target && !t.standbys.contains(&old) && !t.fenced.contains(&old) {
-                t.standbys.push(old);
-            }
+        if let Some(old) = t.primary.take()
+            && old != target
+            && !t.standbys.contains(&old)
+            && !t.fenced.contains(&old)
+        {
+            t.standbys.push(old);
         }
         t.standbys.retain(|s| s != target);
         t.primary = Some(target.to_string());

@@ -253,17 +253,35 @@ pub(super) async fn reload(State(s): State<AdminState>, headers: HeaderMap) -> R
 }
 
 /// The Milvus SDKs' global-cluster topology format: capability bits READABLE=1, WRITABLE=2.
-pub(super) async fn sdk_topology(State(s): State<AdminState>) -> Json<Value> {
+///
+/// Only clusters that serve are listed: the primary (3) and the standbys that may serve reads
+/// (1); fenced clusters and those waiting for a rebuild are left out. The SDKs assume a
+/// writable cluster in every topology (pymilvus's `GlobalTopology.primary` raises
+/// `ValueError` otherwise, and its refresher adopts any higher version), so while no cluster
+/// takes writes (during a failover, between the fence of the old primary and the promotion
+/// of the new one) the answer is `503 {code, message}`, which the SDKs retry, keeping the
+/// topology they have.
+pub(super) async fn sdk_topology(State(s): State<AdminState>) -> Response {
     let c = s.orch.control();
     let t = c.topology();
+    let writable = t.primary.as_deref().filter(|p| !t.fenced.iter().any(|f| f == p) && c.cluster(p).is_some());
+    let Some(primary) = writable else {
+        let why = match t.primary.as_deref() {
+            None => "there is no primary".to_string(),
+            Some(p) if t.fenced.iter().any(|f| f == p) => format!("{p} is fenced; a failover is running"),
+            Some(p) => format!("{p} is not configured"),
+        };
+        let message = format!("switchyard: no cluster takes writes now ({why}); retry shortly");
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"code": 503, "message": message}))).into_response();
+    };
     let clusters: Vec<Value> = c
         .clusters()
         .iter()
-        .filter(|cl| !t.fenced.iter().any(|f| f == &*cl.id))
+        .filter(|cl| &*cl.id == primary || t.is_serving_standby(&cl.id))
         .map(|cl| {
-            let cap = if t.primary.as_deref() == Some(&*cl.id) { 3 } else { 1 };
+            let cap = if &*cl.id == primary { 3 } else { 1 };
             json!({"clusterId": cl.id.to_string(), "endpoint": cl.config.uri, "capability": cap})
         })
         .collect();
-    Json(json!({"code": 0, "data": {"version": t.epoch.to_string(), "clusters": clusters}}))
+    Json(json!({"code": 0, "data": {"version": t.epoch.to_string(), "clusters": clusters}})).into_response()
 }

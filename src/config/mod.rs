@@ -241,15 +241,77 @@ impl Config {
     /// Parses and validates config text. Relative paths are kept as written.
     pub fn from_toml(text: &str, _base: &Path) -> Result<Config, ConfigError> {
         let expanded = expand_env(text)?;
-        let raw: raw::RawConfig =
-            toml::from_str(&expanded).map_err(|e| ConfigError::one(format!("invalid TOML: {e}")))?;
-        validate::validate(raw)
+        let mut table: toml::Table =
+            toml::from_str(&expanded).map_err(|e| ConfigError::one(toml_problem(&expanded, &e)))?;
+        // Unknown keys are all reported (not just the first), and validation goes on
+        // without them so the other problems show too.
+        let unknown = raw::strip_unknown_keys(&mut table);
+        let raw: raw::RawConfig = match table.try_into() {
+            Ok(r) => r,
+            Err(e) => {
+                let mut problems = unknown;
+                problems.push(value_problem(&e));
+                return Err(ConfigError { problems });
+            }
+        };
+        match validate::validate(raw) {
+            Ok(c) if unknown.is_empty() => Ok(c),
+            Ok(_) => Err(ConfigError { problems: unknown }),
+            Err(mut e) => {
+                let mut problems = unknown;
+                problems.append(&mut e.problems);
+                Err(ConfigError { problems })
+            }
+        }
     }
 
     /// The cluster with this id.
     pub fn cluster(&self, id: &str) -> Option<&ClusterConfig> {
         self.clusters.iter().find(|c| c.id == id)
     }
+}
+
+/// A TOML error as one line: where, and what, but never the text of the file. The toml
+/// crate's own `Display` quotes the offending line, and serde quotes an offending value; on a
+/// `token` line (or one whose `${VAR}` was just expanded) either would print a secret in
+/// `check-config` output, reload answers and logs.
+fn toml_problem(text: &str, e: &toml::de::Error) -> String {
+    let at = e
+        .span()
+        .map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!(" at line {line}, column {column}")
+        })
+        .unwrap_or_default();
+    format!("invalid TOML{at}: {}", hide_values(e.message().trim()))
+}
+
+/// A value of the wrong type, with the key it is in (`... in `listener.max_concurrent_streams``)
+/// but not the value itself.
+fn value_problem(e: &toml::de::Error) -> String {
+    let text = e.to_string();
+    let key = text.strip_prefix(e.message()).unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ");
+    let sep = if key.is_empty() { "" } else { " " };
+    format!("invalid value: {}{sep}{key}", hide_values(e.message().trim()))
+}
+
+/// serde's "invalid type: string \"…\", expected …" and "unknown variant `…`" quote a value;
+/// keep its kind and what was expected.
+fn hide_values(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            let kind = rest.split([' ', ',']).next().unwrap_or("value");
+            let expected = rest.rfind(", expected").map_or("", |i| &rest[i..]);
+            return format!("{prefix}{kind}{expected}");
+        }
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant `") {
+        let expected = rest.rfind(", expected").map_or("", |i| &rest[i..]);
+        return format!("unknown variant{expected}");
+    }
+    message.to_string()
 }
 
 /// Replaces `${VAR}` with the environment's value; an unset variable is an error.

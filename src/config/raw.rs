@@ -115,3 +115,76 @@ pub(super) struct RawHealth {
     pub(super) rise: Option<u32>,
     pub(super) fall: Option<u32>,
 }
+
+/// Every key the file may hold, by section (`clusters` is an array of tables).
+const KNOWN: &[(&str, &[&str])] = &[
+    (
+        "listener",
+        &[
+            "address",
+            "tls_cert",
+            "tls_key",
+            "client_ca",
+            "max_message_size",
+            "max_header_list_size",
+            "max_concurrent_streams",
+        ],
+    ),
+    ("admin", &["address", "token"]),
+    ("state", &["backend", "path", "endpoints", "prefix"]),
+    ("clusters", &["id", "uri", "token", "pchannels", "role", "metrics_uri", "tls_ca", "tls_server_name"]),
+    (
+        "routing",
+        &[
+            "reads",
+            "metadata_reads",
+            "max_read_lag",
+            "strong_reads",
+            "session_reads",
+            "unknown_methods",
+            "min_serving_standbys",
+            "read_your_writes",
+        ],
+    ),
+    (
+        "switchover",
+        &["max_lag", "drain_timeout", "promote_timeout", "hold_window", "max_held_requests", "max_held_bytes"],
+    ),
+    ("failover", &["automatic", "detect_after", "min_interval"]),
+    ("health", &["interval", "timeout", "rise", "fall"]),
+];
+
+/// Removes keys the config does not know and returns one problem per key.
+pub(super) fn strip_unknown_keys(table: &mut toml::Table) -> Vec<String> {
+    let mut problems = Vec::new();
+    table.retain(|section, _| {
+        let known = KNOWN.iter().any(|(s, _)| *s == section);
+        if !known {
+            problems.push(format!("unknown section [{section}]"));
+        }
+        known
+    });
+    for (section, keys) in KNOWN {
+        let mut check = |t: &mut toml::Table, at: String| {
+            t.retain(|k, _| {
+                let ok = keys.contains(&k);
+                if !ok {
+                    problems.push(format!("{at}: unknown key {k:?}"));
+                }
+                ok
+            });
+        };
+        match table.get_mut(*section) {
+            Some(toml::Value::Table(t)) => check(t, section.to_string()),
+            Some(toml::Value::Array(items)) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    if let toml::Value::Table(t) = item {
+                        check(t, format!("{section}[{i}]"));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    problems
+}

@@ -84,10 +84,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             ("listener.tls_key", Some(&t.key)),
             ("listener.client_ca", t.client_ca.as_ref()),
         ] {
-            if let Some(p) = p {
-                if !p.exists() {
-                    c.problems.push(format!("{k}: {} does not exist", p.display()));
-                }
+            if let Some(p) = p
+                && !p.exists()
+            {
+                c.problems.push(format!("{k}: {} does not exist", p.display()));
             }
         }
     }
@@ -189,6 +189,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
 }
 
+/// Whether a uri's authority carries `user[:password]@`.
+fn has_userinfo(uri: &str) -> bool {
+    let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
+    rest.split(['/', '?', '#']).next().is_some_and(|authority| authority.contains('@'))
+}
+
 fn validate_clusters(c: &mut Checker, raw: &RawConfig) -> Vec<ClusterConfig> {
     let mut out = Vec::new();
     if raw.clusters.is_empty() {
@@ -206,6 +212,14 @@ fn validate_clusters(c: &mut Checker, raw: &RawConfig) -> Vec<ClusterConfig> {
         }
         let uri = rc.uri.clone().unwrap_or_default();
         match uri.parse::<http::Uri>() {
+            // The uri is shown in /v1/clusters, /global-cluster/topology and logs, and the
+            // upstream would not send credentials written there anyway: refuse them, without
+            // repeating the uri.
+            _ if has_userinfo(&uri) => c.problems.push(format!(
+                "{}: credentials in the uri (user:password@) are not supported and would be shown wherever the uri is; put them in {}",
+                at("uri"),
+                at("token")
+            )),
             Ok(u) if matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some() => {}
             _ => c.problems.push(format!("{}: {uri:?} must be http://host:port or https://host:port", at("uri"))),
         }
@@ -242,10 +256,10 @@ fn validate_clusters(c: &mut Checker, raw: &RawConfig) -> Vec<ClusterConfig> {
         if rc.tls_ca.is_some() && !uri.starts_with("https://") {
             c.problems.push(format!("{}: set, but the uri is not https://", at("tls_ca")));
         }
-        if let Some(p) = &rc.tls_ca {
-            if !std::path::Path::new(p).exists() {
-                c.problems.push(format!("{}: {p} does not exist", at("tls_ca")));
-            }
+        if let Some(p) = &rc.tls_ca
+            && !std::path::Path::new(p).exists()
+        {
+            c.problems.push(format!("{}: {p} does not exist", at("tls_ca")));
         }
         out.push(ClusterConfig {
             id,
@@ -337,9 +351,48 @@ pchannels = 3
     }
 
     #[test]
-    fn unknown_keys_are_refused() {
-        let e = Config::from_toml("[listener]\nadress = \"x\"\n", Path::new(".")).unwrap_err();
-        assert!(e.problems[0].contains("adress"), "{e}");
+    fn unknown_keys_are_refused_all_at_once_with_the_other_problems() {
+        let text = "[listener]\nadress = \"x\"\n[health]\nintervall = \"1s\"\n[routing]\nreads = \"sometimes\"\n";
+        let e = Config::from_toml(text, Path::new(".")).unwrap_err();
+        let all = e.problems.join("\n");
+        for needle in ["\"adress\"", "\"intervall\"", "routing.reads", "clusters"] {
+            assert!(all.contains(needle), "missing {needle} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn toml_errors_never_quote_the_file() {
+        let secret = "root:S3cretPassw0rd";
+        for (text, needle) in [
+            // an unterminated string on the token line
+            (
+                GOOD.replace("pchannels = 2\nrole", &format!("token = \"{secret}\npchannels = 2\nrole")),
+                "invalid TOML at line 7, column 29: ",
+            ),
+            // a misspelt key beside a secret
+            (GOOD.replace("pchannels = 2\nrole", &format!("tokn = \"{secret}\"\npchannels = 2\nrole")), "\"tokn\""),
+            // a value of the wrong type
+            (
+                GOOD.replace("address = \"127.0.0.1:0\"", &format!("max_concurrent_streams = \"{secret}\"")),
+                "invalid value: invalid type: string, expected u32 in `listener.max_concurrent_streams`",
+            ),
+        ] {
+            let e = Config::from_toml(&text, Path::new(".")).unwrap_err();
+            let all = e.problems.join("\n");
+            assert!(!all.contains("S3cret"), "{all}");
+            assert!(all.contains(needle), "{all}");
+        }
+    }
+
+    #[test]
+    fn credentials_in_a_uri_are_refused_without_repeating_them() {
+        for uri in ["http://root:S3cret@127.0.0.1:1", "root:S3cret@127.0.0.1:1", "https://S3cret@h:1/x"] {
+            let e = Config::from_toml(&GOOD.replace("http://127.0.0.1:1", uri), Path::new(".")).unwrap_err();
+            let all = e.problems.join("\n");
+            assert!(all.contains("clusters[0].uri: credentials") && all.contains("clusters[0].token"), "{all}");
+            assert!(!all.contains("S3cret"), "{all}");
+        }
+        assert!(Config::from_toml(&GOOD.replace("127.0.0.1:1", "127.0.0.1:1/p?q=a@b"), Path::new(".")).is_ok());
     }
 
     #[test]

@@ -151,7 +151,12 @@ pub fn round(c: &Control, seen: &[(String, String)], disagree_since: &mut Option
             let since = *disagree_since.get_or_insert_with(Instant::now);
             let window = c.config().switchover.hold_window.min(Duration::from_secs(10));
             if since.elapsed() < window {
-                c.gate.hold(HoldKey::Discovery, format!("roles changing outside switchyard ({detail})"));
+                // Named like the ABNORMAL reason: a write held here may time out just before
+                // the disagreement is declared, and its error must say the same thing.
+                c.gate.hold(
+                    HoldKey::Discovery,
+                    format!("a disagreement about the primary ({detail}) while roles change outside switchyard"),
+                );
                 c.publish();
             } else {
                 c.set_abnormal(Some(format!("clusters disagree about the primary: {detail}")));

@@ -102,15 +102,15 @@ pub fn request<Req: prost::Message>(method: &str, req: &Req, opts: &CallOptions)
     let h = r.headers_mut();
     h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(super::CONTENT_TYPE));
     h.insert("te", HeaderValue::from_static("trailers"));
-    if !opts.timeout.is_zero() {
-        if let Ok(v) = HeaderValue::from_str(&grpc_timeout_value(opts.timeout)) {
-            h.insert("grpc-timeout", v);
-        }
+    if !opts.timeout.is_zero()
+        && let Ok(v) = HeaderValue::from_str(&grpc_timeout_value(opts.timeout))
+    {
+        h.insert("grpc-timeout", v);
     }
-    if let Some(token) = &opts.token {
-        if let Ok(v) = HeaderValue::from_str(&crate::encoding::base64(token.as_bytes())) {
-            h.insert("authorization", v);
-        }
+    if let Some(token) = &opts.token
+        && let Ok(v) = HeaderValue::from_str(&crate::encoding::base64(token.as_bytes()))
+    {
+        h.insert("authorization", v);
     }
     for (k, v) in &opts.metadata {
         if let Ok(v) = HeaderValue::from_str(v) {
@@ -132,17 +132,17 @@ where
             message: e.to_string(),
         })?;
         let (parts, body) = resp.into_parts();
-        if let Some(st) = GrpcStatus::from_headers(&parts.headers) {
-            if st.code != Code::Ok {
-                return Err(CallError::Status(st));
-            }
+        if let Some(st) = GrpcStatus::from_headers(&parts.headers)
+            && st.code != Code::Ok
+        {
+            return Err(CallError::Status(st));
         }
         let collected =
             body.collect().await.map_err(|e| CallError::Transport { message: e.to_string(), maybe_sent: true })?;
-        if let Some(st) = collected.trailers().and_then(GrpcStatus::from_headers) {
-            if st.code != Code::Ok {
-                return Err(CallError::Status(st));
-            }
+        if let Some(st) = collected.trailers().and_then(GrpcStatus::from_headers)
+            && st.code != Code::Ok
+        {
+            return Err(CallError::Status(st));
         }
         let bytes = collected.to_bytes();
         super::decode_message::<Resp>(&bytes, 64 << 20).map_err(|e| CallError::Decode(e.to_string()))

@@ -85,10 +85,10 @@ impl GrpcStatus {
     /// Writes this status into a header map, as trailers or as trailers-only headers.
     pub fn write_to(&self, map: &mut HeaderMap) {
         map.insert("grpc-status", HeaderValue::from_static(self.code.as_str()));
-        if !self.message.is_empty() {
-            if let Ok(v) = HeaderValue::from_str(&percent_encode(&self.message)) {
-                map.insert("grpc-message", v);
-            }
+        if !self.message.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&percent_encode(&self.message))
+        {
+            map.insert("grpc-message", v);
         }
     }
 
@@ -128,7 +128,7 @@ pub fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() + 0 && i + 2 <= bytes.len() - 1 {
+        if bytes[i] == b'%' && i + 2 < bytes.len() && i + 2 < bytes.len() {
             let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
             if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                 out.push(v);

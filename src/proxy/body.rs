@@ -101,91 +101,55 @@ impl RequestBody {
         self.buffered_len
     }
 
+    /// Reads one more frame of the client's body into memory; `false` once the body has ended.
+    async fn pull(&mut self) -> Result<bool, ProxyError> {
+        let Some(rest) = self.rest.as_mut() else { return Ok(false) };
+        match rest.frame().await {
+            None => {
+                self.rest = None;
+                Ok(false)
+            }
+            Some(Err(e)) => Err(ProxyError::BadBody(e.to_string())),
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    self.scan.feed(data)?;
+                    self.buffered_len += data.len();
+                }
+                self.buffered.push_back(frame);
+                Ok(true)
+            }
+        }
+    }
+
     /// Reads until the first frame header has been checked, or, with `whole_first`, until
     /// the whole first message is in memory (small read requests only).
     pub async fn read_ahead(&mut self, whole_first: bool) -> Result<ReadAhead, ProxyError> {
-        let mut acc = BytesMut::new();
         loop {
-            let enough = if whole_first {
-                crate::grpc::frame::declared_len(&acc).is_some_and(|(_, len)| acc.len() >= HEADER_LEN + len)
-            } else {
-                self.scan.messages > 0
-            };
-            if enough {
+            let first_complete = self.scan.messages >= 2 || (self.scan.messages == 1 && !self.scan.mid_frame());
+            let enough = if whole_first { first_complete } else { self.scan.messages > 0 };
+            if enough || !self.pull().await? {
                 break;
             }
-            let Some(rest) = self.rest.as_mut() else { break };
-            match rest.frame().await {
-                None => {
-                    self.rest = None;
-                    break;
-                }
-                Some(Err(e)) => return Err(ProxyError::BadBody(e.to_string())),
-                Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
-                        self.scan.feed(data)?;
-                        self.buffered_len += data.len();
-                        if whole_first {
-                            acc.extend_from_slice(data);
-                        }
-                    }
-                    self.buffered.push_back(frame);
-                }
-            }
         }
-        let first_message = if whole_first {
-            crate::grpc::frame::declared_len(&acc)
-                .filter(|(flag, len)| *flag == 0 && acc.len() >= HEADER_LEN + len)
-                .map(|(_, len)| acc.freeze().slice(HEADER_LEN..HEADER_LEN + len))
-        } else {
-            None
-        };
-        Ok(ReadAhead { first_message })
+        Ok(ReadAhead { first_message: if whole_first { self.first_message() } else { None } })
     }
 
     /// Reads the whole body into memory (a held write), up to `max` bytes in total.
     pub async fn buffer_all(&mut self, max: usize) -> Result<(), ProxyError> {
-        if self.buffered_len > max {
-            return Err(ProxyError::GateFull(format!("body over the {max} bytes left in max_held_bytes")));
-        }
-        while let Some(rest) = self.rest.as_mut() {
-            match rest.frame().await {
-                None => self.rest = None,
-                Some(Err(e)) => return Err(ProxyError::BadBody(e.to_string())),
-                Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
-                        self.scan.feed(data)?;
-                        self.buffered_len += data.len();
-                        if self.buffered_len > max {
-                            return Err(ProxyError::GateFull(format!(
-                                "body over the {max} bytes left in max_held_bytes"
-                            )));
-                        }
-                    }
-                    self.buffered.push_back(frame);
-                }
+        loop {
+            if self.buffered_len > max {
+                return Err(ProxyError::GateFull(format!("body over the {max} bytes left in max_held_bytes")));
+            }
+            if !self.pull().await? {
+                return Ok(());
             }
         }
-        Ok(())
     }
 
     /// Reads ahead until the body ends or more than `limit` bytes are in memory; returns
     /// whether the whole body is now in memory.
     pub async fn buffer_up_to(&mut self, limit: usize) -> Result<bool, ProxyError> {
-        while self.buffered_len <= limit {
-            let Some(rest) = self.rest.as_mut() else { break };
-            match rest.frame().await {
-                None => self.rest = None,
-                Some(Err(e)) => return Err(ProxyError::BadBody(e.to_string())),
-                Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
-                        self.scan.feed(data)?;
-                        self.buffered_len += data.len();
-                    }
-                    self.buffered.push_back(frame);
-                }
-            }
-        }
+        while self.buffered_len <= limit && self.pull().await? {}
         Ok(self.rest.is_none())
     }
 
@@ -194,10 +158,10 @@ impl RequestBody {
         let mut acc = BytesMut::new();
         for d in self.buffered.iter().filter_map(|f| f.data_ref()) {
             acc.extend_from_slice(d);
-            if let Some((0, len)) = crate::grpc::frame::declared_len(&acc) {
-                if acc.len() >= HEADER_LEN + len {
-                    return Some(acc.freeze().slice(HEADER_LEN..HEADER_LEN + len));
-                }
+            if let Some((0, len)) = crate::grpc::frame::declared_len(&acc)
+                && acc.len() >= HEADER_LEN + len
+            {
+                return Some(acc.freeze().slice(HEADER_LEN..HEADER_LEN + len));
             }
         }
         None
@@ -245,10 +209,10 @@ impl http_body::Body for RequestBody {
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    if let Err(e) = this.scan.feed(data) {
-                        return Poll::Ready(Some(Err(Box::new(e))));
-                    }
+                if let Some(data) = frame.data_ref()
+                    && let Err(e) = this.scan.feed(data)
+                {
+                    return Poll::Ready(Some(Err(Box::new(e))));
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

@@ -54,6 +54,9 @@ pub struct Proxy {
     levels: LevelCache,
     /// Calls switchyard answered itself (no cluster).
     pub local_stats: RequestStats,
+    /// Cancelled near the end of the shutdown grace period: calls still waiting for their
+    /// cluster are answered with a clear error instead of being cut off with the connection.
+    cut_off: tokio_util::sync::CancellationToken,
 }
 
 /// Per-connection state.
@@ -67,6 +70,17 @@ pub struct ConnInfo {
     pub writes: RecentWrites,
 }
 
+/// Where a data read may go.
+#[derive(Debug, Clone, Copy)]
+struct Pick {
+    /// Where its kind and level send it.
+    target: ReadTarget,
+    /// Only the primary may answer it (Strong, Session): no standby fallback.
+    only_primary: bool,
+    /// Read-your-writes: the primary timestamp a standby must have applied.
+    required: Option<u64>,
+}
+
 /// What the router knows about one call.
 #[derive(Debug)]
 struct Call {
@@ -74,6 +88,14 @@ struct Call {
     kind: Kind,
     label: KindLabel,
     start: Instant,
+    /// The cluster the call was last sent to (for the error if shutdown cuts it off).
+    sent_to: std::sync::Mutex<Option<Arc<str>>>,
+}
+
+impl Call {
+    fn sending_to(&self, cluster: &Cluster) {
+        *self.sent_to.lock().unwrap_or_else(|p| p.into_inner()) = Some(cluster.id.clone());
+    }
 }
 
 impl Proxy {
@@ -84,7 +106,14 @@ impl Proxy {
             max_message_size,
             levels: LevelCache::default(),
             local_stats: RequestStats::default(),
+            cut_off: tokio_util::sync::CancellationToken::new(),
         })
+    }
+
+    /// Shutdown, at the end of the grace period: every call still waiting for its cluster
+    /// is answered now with a `switchyard:` error saying whether it may have been applied.
+    pub fn cut_off_calls(&self) {
+        self.cut_off.cancel();
     }
 
     /// The control side.
@@ -99,7 +128,7 @@ impl Proxy {
         }
         let method = method::lookup(req.uri().path());
         let kind = method.map(|m| m.kind).unwrap_or(Kind::Write(method::WriteClass::Ddl));
-        let call = Call { method, kind, label: label(kind), start: Instant::now() };
+        let call = Call { method, kind, label: label(kind), start: Instant::now(), sent_to: Default::default() };
         let (label, start) = (call.label, call.start);
         let span = tracing::debug_span!(
             "rpc",
@@ -110,7 +139,13 @@ impl Proxy {
         );
         // Boxed: the routing future is large, and hyper moves the per-stream future into a
         // task; a pointer moves cheaper than the whole state machine.
-        match tracing::Instrument::instrument(Box::pin(self.route(req, call, &conn)), span).await {
+        let routed = tracing::Instrument::instrument(Box::pin(self.route(req, &call, &conn)), span);
+        let result = tokio::select! {
+            biased;
+            r = routed => r,
+            _ = self.cut_off.cancelled() => Err(cut_off_error(&call)),
+        };
+        match result {
             Ok(resp) => resp,
             Err(e) => {
                 let st = e.status();
@@ -121,7 +156,7 @@ impl Proxy {
         }
     }
 
-    async fn route(&self, req: Request<Incoming>, call: Call, conn: &ConnInfo) -> Result<Response<Body>, ProxyError> {
+    async fn route(&self, req: Request<Incoming>, call: &Call, conn: &ConnInfo) -> Result<Response<Body>, ProxyError> {
         if call.method.is_some_and(|m| m.name == "UpdateReplicateConfiguration") {
             return Err(ProxyError::ReplicateConfigRefused);
         }
@@ -134,7 +169,7 @@ impl Proxy {
         let method_name = call.method.map(|m| m.name).unwrap_or("");
 
         match call.kind {
-            Kind::Write(_) => write::write(self, parts, body, &call, conn).await,
+            Kind::Write(_) => write::write(self, parts, body, call, conn).await,
             Kind::Control | Kind::Streaming => {
                 body.read_ahead(false).await?;
                 let target = match named {
@@ -145,7 +180,7 @@ impl Proxy {
                         .or_else(|| table.readable.first().cloned())
                         .ok_or_else(|| ProxyError::NoReadTarget { reason: "no cluster is up".into() })?,
                 };
-                self.forward(target, &table, parts, body, &call).await
+                self.forward(target, &table, parts, body, call).await
             }
             Kind::Read(class) => {
                 let fields = if class == ReadClass::Data && read::has_level(method_name) {
@@ -157,7 +192,7 @@ impl Proxy {
                 };
                 if let Some(n) = named {
                     let target = named_cluster(&table, &n)?;
-                    return self.forward(target, &table, parts, body, &call).await;
+                    return self.forward(target, &table, parts, body, call).await.map_err(ProxyError::for_read);
                 }
                 let db = db_of(&parts, fields.as_ref().map(|f| f.db_name.as_str()));
                 let level = match &fields {
@@ -172,7 +207,8 @@ impl Proxy {
                         .flatten()
                 });
                 let target = policy::read_target(call.kind, level, &table.policy);
-                self.read(&table, target, required, parts, body, &call).await
+                let only_primary = policy::primary_only(call.kind, level, &table.policy);
+                self.read(&table, Pick { target, only_primary, required }, parts, body, call).await
             }
         }
     }
@@ -223,16 +259,17 @@ impl Proxy {
         }
     }
 
-    /// Sends a read, moving to another cluster while attempts are never sent.
+    /// Sends a read, moving to another cluster while attempts are never sent (except for a
+    /// read only the primary may answer: it fails with the primary).
     async fn read(
         &self,
         table: &RoutingTable,
-        target: ReadTarget,
-        required: Option<u64>,
+        pick: Pick,
         parts: http::request::Parts,
         body: RequestBody,
         call: &Call,
     ) -> Result<Response<Body>, ProxyError> {
+        let Pick { target, only_primary, required } = pick;
         let mut tried: Vec<Arc<Cluster>> = Vec::new();
         let mut req = Request::from_parts(parts, b::boxed(body));
         let primary = table.primary.clone();
@@ -241,24 +278,39 @@ impl Proxy {
             let is_primary = primary.as_ref().is_some_and(|p| std::ptr::eq(&**p, c));
             is_primary || required.is_none_or(|t| c.signals.checkpoint.load(std::sync::atomic::Ordering::Relaxed) >= t)
         };
+        // Why the last cluster tried could not be reached, for the error if none can.
+        let mut last_error = String::new();
         loop {
-            let Some(cluster) = policy::pick_read_where(table, target, &tried, caught_up) else {
+            let picked = if only_primary {
+                if primary.is_none() {
+                    return Err(ProxyError::NoReadTarget {
+                        reason: "a Strong or Session read is served by the primary only, and there is none".into(),
+                    });
+                }
+                primary.clone().filter(|p| !tried.iter().any(|t| Arc::ptr_eq(t, p)))
+            } else {
+                policy::pick_read_where(table, target, &tried, caught_up)
+            };
+            let Some(cluster) = picked else {
                 return Err(match tried.last() {
-                    Some(c) => {
-                        ProxyError::NotSent { cluster: c.id.to_string(), detail: "no other cluster to try".into() }
-                    }
+                    Some(c) => ProxyError::NotSent {
+                        cluster: c.id.to_string(),
+                        detail: format!("{last_error}; no other cluster to try"),
+                    },
                     None => ProxyError::NoReadTarget { reason: "no primary and no serving standby".into() },
                 });
             };
             strip_foreign_identifier(&mut req, table, &cluster);
             match self.send(&cluster, req, call).await {
                 Ok(resp) => return Ok(resp),
-                Err(SendError::NotSent(e, back)) if tried.len() + 1 < READ_ATTEMPTS => {
+                Err(SendError::NotSent(e, back)) if !only_primary && tried.len() + 1 < READ_ATTEMPTS => {
                     tracing::warn!(cluster = %cluster.id, error = %e, "read not sent; trying another cluster");
+                    self.count_transport_failure(&cluster);
+                    last_error = e.to_string();
                     tried.push(cluster);
                     req = *back;
                 }
-                Err(e) => return Err(self.send_error(&cluster, e)),
+                Err(e) => return Err(self.send_error(&cluster, e).for_read()),
             }
         }
     }
@@ -279,26 +331,42 @@ impl Proxy {
 
     /// Sends and wraps the answer so the outcome is recorded when it ends.
     async fn send(&self, cluster: &Arc<Cluster>, req: Request<Body>, call: &Call) -> Result<Response<Body>, SendError> {
+        call.sending_to(cluster);
         tracing::Span::current().record("upstream.cluster", &*cluster.id);
         let in_flight = InFlight::new(cluster.clone());
         let resp = cluster.upstream.send(req).await?;
         cluster.signals.transport_ok();
         let mut outcome = Outcome::new(in_flight, call.label, call.start);
         if let Some(st) = crate::grpc::GrpcStatus::from_headers(resp.headers()) {
-            outcome.set_code(st.code);
+            outcome.finish_trailers_only(st.code);
         }
         Ok(resp.map(|inc| b::boxed(ResponseBody::new(inc, outcome))))
     }
 
-    /// Maps a transport failure to switchyard's error, counting it for passive ejection.
-    fn send_error(&self, cluster: &Arc<Cluster>, e: SendError) -> ProxyError {
+    /// Counts a transport failure on client traffic; wakes the health task at `fall` in a row.
+    fn count_transport_failure(&self, cluster: &Cluster) {
         let fails = cluster.signals.transport_failed();
         if fails >= self.control.config().health.fall {
             cluster.signals.kick.notify_one();
         }
+    }
+
+    /// Maps a transport failure to switchyard's error, counting it for passive ejection.
+    fn send_error(&self, cluster: &Arc<Cluster>, e: SendError) -> ProxyError {
+        self.count_transport_failure(cluster);
         match e {
             SendError::NotSent(e, _) => ProxyError::NotSent { cluster: cluster.id.to_string(), detail: e.to_string() },
             SendError::Sent(e) => ProxyError::MaybeSent { cluster: cluster.id.to_string(), detail: e.to_string() },
+        }
+    }
+}
+
+/// The answer for a call still waiting for its cluster when shutdown cuts calls off.
+fn cut_off_error(call: &Call) -> ProxyError {
+    match call.sent_to.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        None => ProxyError::ShuttingDown,
+        Some(cluster) => {
+            ProxyError::CutOff { cluster: cluster.to_string(), may_be_applied: call.label == KindLabel::Write }
         }
     }
 }
@@ -319,8 +387,10 @@ fn named_cluster(table: &RoutingTable, name: &str) -> Result<Arc<Cluster>, Proxy
 }
 
 /// `Connect` is answered by the primary, so the `identifier` a client sends belongs to it.
-/// Milvus uses it only to track client connections, and it means nothing to another
-/// cluster, so it is not sent there.
+/// Milvus reads it only in its `KeepActiveInterceptor` (milvus `internal/proxy/connection`),
+/// asynchronously, to refresh that client's last-active time; an id it does not know is
+/// ignored. A foreign one would be harmless, but it would refresh a stranger's entry if ids
+/// collided, so it is not sent to another cluster.
 fn strip_foreign_identifier(req: &mut Request<Body>, table: &RoutingTable, target: &Arc<Cluster>) {
     let is_primary = table.primary.as_ref().is_some_and(|p| Arc::ptr_eq(p, target));
     if !is_primary {

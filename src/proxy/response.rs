@@ -34,6 +34,13 @@ impl Outcome {
         self.code.get_or_insert(code);
     }
 
+    /// Records a trailers-only answer now, before it is handed to the client, so counters
+    /// never lag behind what the client has seen.
+    pub fn finish_trailers_only(&mut self, code: Code) {
+        self.set_code(code);
+        self.finish(code);
+    }
+
     fn finish(&mut self, fallback: Code) {
         if let Some(guard) = self.in_flight.take() {
             let code = *self.code.get_or_insert(fallback);

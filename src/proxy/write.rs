@@ -74,6 +74,7 @@ pub(super) async fn write(
         tracing::Span::current().record("upstream.cluster", &*primary.id);
         let in_flight = InFlight::new(primary.clone());
         let _writing = writing;
+        call.sending_to(&primary);
         let resp = match primary.upstream.send(req).await {
             Ok(r) => r,
             Err(e @ SendError::NotSent(..)) | Err(e @ SendError::Sent(_)) => {
@@ -85,7 +86,7 @@ pub(super) async fn write(
         let (rparts, incoming) = resp.into_parts();
         if let Some(st) = crate::grpc::GrpcStatus::from_headers(&rparts.headers) {
             // Trailers-only: a gRPC error from the cluster; nothing to read.
-            outcome.set_code(st.code);
+            outcome.finish_trailers_only(st.code);
             return Ok(Response::from_parts(rparts, b::boxed(ResponseBody::new(incoming, outcome))));
         }
         let buffered =
@@ -93,19 +94,21 @@ pub(super) async fn write(
         let shape = call.method.map(|m| m.reply).unwrap_or(Reply::Other);
         let status = buffered.status(shape);
 
-        if let Some(st) = status.as_ref().filter(|s| reply::is_not_primary(s)) {
-            if body.is_some() && replayable && refusals < NOT_PRIMARY_RETRIES {
-                refusals += 1;
-                tracing::warn!(cluster = %primary.id, reason = %st.reason, "write refused as not primary; rediscovering roles");
-                gate.hold(
-                    HoldKey::Discovery,
-                    format!("{} refused a write as not primary; rediscovering roles", primary.id),
-                );
-                control.rediscover.notify_one();
-                control.publish();
-                drop(outcome);
-                continue;
-            }
+        if let Some(st) = status.as_ref().filter(|s| reply::is_not_primary(s))
+            && body.is_some()
+            && replayable
+            && refusals < NOT_PRIMARY_RETRIES
+        {
+            refusals += 1;
+            tracing::warn!(cluster = %primary.id, reason = %st.reason, "write refused as not primary; rediscovering roles");
+            gate.hold(
+                HoldKey::Discovery,
+                format!("{} refused a write as not primary; rediscovering roles", primary.id),
+            );
+            control.rediscover.notify_one();
+            control.publish();
+            drop(outcome);
+            continue;
         }
         if status.as_ref().is_some_and(|s| s.code == 0 && s.error_code == 0) {
             acknowledged(proxy, &primary, call, &buffered, body.as_ref(), &parts, conn);
@@ -133,7 +136,7 @@ fn acknowledged(
             let Some((tick, rows)) = reply.mutation().filter(|(t, _)| *t != 0) else { return };
             primary.signals.write_acked(tick);
             primary.signals.rows_acked(tick, rows);
-            if let Some((db, coll)) = body.and_then(|b| b.first_message()).and_then(|m| target_collection(m)) {
+            if let Some((db, coll)) = body.and_then(|b| b.first_message()).and_then(target_collection) {
                 let db = super::db_of(parts, Some(&db));
                 conn.writes.note((db, coll), tick);
             }

@@ -23,6 +23,20 @@ pub fn read_target(kind: Kind, level: Option<ConsistencyLevel>, cfg: &RoutingCon
     }
 }
 
+/// Whether a read may be answered by the primary only, never by a standby as a fallback: a
+/// data read whose consistency level (Strong, Session) is routed to the primary. A standby
+/// may be behind, so answering such a read there would silently break the level it asked for;
+/// when the primary cannot serve it, the read fails instead. Other reads routed to the primary
+/// (metadata reads, `reads = "primary"`) may still fall back to a standby.
+pub fn primary_only(kind: Kind, level: Option<ConsistencyLevel>, cfg: &RoutingConfig) -> bool {
+    matches!(kind, Kind::Read(ReadClass::Data))
+        && match level {
+            Some(ConsistencyLevel::Strong) => cfg.strong_reads == ReadTarget::Primary,
+            Some(ConsistencyLevel::Session) => cfg.session_reads == ReadTarget::Primary,
+            _ => false,
+        }
+}
+
 /// Picks a cluster for a read. `skip` lists clusters already tried (never sent).
 /// Returns `None` only when no cluster at all can serve.
 pub fn pick_read(table: &RoutingTable, target: ReadTarget, skip: &[Arc<Cluster>]) -> Option<Arc<Cluster>> {
@@ -133,5 +147,9 @@ mod tests {
         assert_eq!(read_target(data, Some(ConsistencyLevel::Strong), &cfg), ReadTarget::Primary);
         assert_eq!(read_target(data, Some(ConsistencyLevel::Bounded), &cfg), ReadTarget::Standbys);
         assert_eq!(read_target(Kind::Read(ReadClass::Metadata), None, &cfg), ReadTarget::Primary);
+        assert!(primary_only(data, Some(ConsistencyLevel::Strong), &cfg));
+        assert!(primary_only(data, Some(ConsistencyLevel::Session), &cfg));
+        assert!(!primary_only(data, Some(ConsistencyLevel::Bounded), &cfg));
+        assert!(!primary_only(Kind::Read(ReadClass::Metadata), None, &cfg));
     }
 }

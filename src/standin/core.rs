@@ -175,6 +175,9 @@ pub(crate) struct Core {
     pub(crate) replicators: std::sync::Mutex<HashMap<String, ReplicatorHandle>>,
     /// Per (target, pchannel index): the target pchannel and the last confirmed tick.
     pub(crate) cdc: std::sync::Mutex<BTreeMap<(String, usize), (String, u64)>>,
+    /// Each collection's default consistency level, as Milvus keeps it from
+    /// `CreateCollection` (milvus-lite does not; see [`super::levels`]).
+    pub(crate) levels: super::levels::Levels,
 }
 
 /// What [`Core::new`] needs.
@@ -251,6 +254,7 @@ impl Core {
             counters: Counters::default(),
             replicators: std::sync::Mutex::new(HashMap::new()),
             cdc: std::sync::Mutex::new(BTreeMap::new()),
+            levels: Default::default(),
         }))
     }
 

@@ -54,6 +54,7 @@ mod config;
 mod control;
 mod core;
 mod faults;
+mod levels;
 mod log;
 mod persist;
 mod receiver;

@@ -234,6 +234,8 @@ async fn apply(core: &Core, method: &str, dbname: &str, payload: Bytes) -> Resul
         && !wire::status_ok(&st)
     {
         tracing::warn!(method, code = st.code, reason = %st.reason, "replicated write refused by the backend; counted as applied");
+        return Ok(());
     }
+    core.levels.learn(method, dbname, &payload);
     Ok(())
 }

@@ -70,6 +70,7 @@ pub(crate) async fn serve(core: Arc<Core>, req: Request<Incoming>) -> Response<B
             })
         }
         "GetVersion" => wire::unary_msg(&GetVersionResponse { status: Some(Status::default()), version: version() }),
+        "DescribeCollection" => describe_collection(&core, req).await,
         _ => match method.map(|m| m.kind) {
             None | Some(Kind::Write(_)) => writes::handle(&core, method, req).await,
             Some(_) => pass(&core, req).await,
@@ -86,6 +87,36 @@ async fn read<M: prost::Message + Default>(req: Request<Incoming>) -> Result<M, 
         .map_err(|e| wire::grpc_error(Code::Cancelled, format!("milvus-standin: reading the request: {e}")))?
         .to_bytes();
     decode_message::<M>(&bytes, 64 << 20).map_err(|e| wire::grpc_error(Code::InvalidArgument, e.to_string()))
+}
+
+/// Passes `DescribeCollection` to the backend and puts the collection's consistency level,
+/// which milvus-lite does not keep, into the answer.
+async fn describe_collection(core: &Core, req: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let raw = match body.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => return wire::grpc_error(Code::Cancelled, format!("milvus-standin: reading the request: {e}")),
+    };
+    let dbname = parts.headers.get("dbname").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let request = wire::unframe(&raw);
+    let resp = match core.backend.send(Request::from_parts(parts, body::full(raw))).await {
+        Ok(r) => r,
+        Err(e) => return wire::grpc_error(Code::Unavailable, format!("milvus-standin: backend: {e}")),
+    };
+    let (mut rparts, rbody) = resp.into_parts();
+    let collected = match rbody.collect().await {
+        Ok(c) => c,
+        Err(e) => return wire::grpc_error(Code::Unavailable, format!("milvus-standin: backend answer: {e}")),
+    };
+    let trailers = collected.trailers().cloned();
+    let mut data = collected.to_bytes();
+    if let (Some(req), Some(msg)) = (request.as_deref(), wire::unframe(&data))
+        && let Some(patched) = core.levels.patch_describe(req, &dbname, &msg)
+    {
+        data = crate::grpc::frame::frame_bytes(&patched);
+        rparts.headers.remove(http::header::CONTENT_LENGTH);
+    }
+    writes::rebuild(rparts, data, trailers)
 }
 
 /// Passes a request to the backend and streams its answer back.

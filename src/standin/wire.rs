@@ -85,6 +85,13 @@ pub(crate) fn fields(buf: &[u8]) -> Option<Vec<Field<'_>>> {
     Some(out)
 }
 
+/// The first varint field `number`.
+pub(crate) fn varint_field(buf: &[u8], number: u32) -> Option<u64> {
+    let f = fields(buf)?.into_iter().find(|f| f.number == number && f.wire_type == 0)?;
+    let mut pos = 0;
+    read_varint(f.value, &mut pos)
+}
+
 /// The first length-delimited field `number`, as UTF-8 text.
 pub(crate) fn string_field(buf: &[u8], number: u32) -> Option<String> {
     fields(buf)?

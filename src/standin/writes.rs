@@ -86,6 +86,7 @@ pub(crate) async fn handle(
             tracing::warn!(method = %rpc, "write is not one uncompressed gRPC message; applied here but not replicated");
             return rebuild(parts, data, trailers);
         };
+        core.levels.learn(&rpc, &dbname, &payload);
         let tick = match core.update(|st| st.append_write(rpc.clone(), dbname, pchannel, payload)) {
             Ok(t) => t,
             Err(e) => {
@@ -106,7 +107,7 @@ pub(crate) async fn handle(
     rebuild(parts, data, trailers)
 }
 
-fn rebuild(parts: http::response::Parts, data: Bytes, trailers: Option<HeaderMap>) -> Response<Body> {
+pub(crate) fn rebuild(parts: http::response::Parts, data: Bytes, trailers: Option<HeaderMap>) -> Response<Body> {
     let mut frames = Vec::with_capacity(2);
     if !data.is_empty() {
         frames.push(Frame::data(data));

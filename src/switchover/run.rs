@@ -34,10 +34,10 @@ pub async fn preconditions(c: &Control, target: &str, expected: Option<&str>) ->
     }
     let topo = c.topology();
     let Some(from) = topo.primary.clone() else { return refuse("there is no primary to switch over from".into()) };
-    if let Some(e) = expected {
-        if e != from {
-            return refuse(format!("expected primary {e} but the primary is {from}"));
-        }
+    if let Some(e) = expected
+        && e != from
+    {
+        return refuse(format!("expected primary {e} but the primary is {from}"));
     }
     if target == from {
         return refuse(format!("{target} is already the primary"));

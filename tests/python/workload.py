@@ -4,10 +4,10 @@ It runs unchanged under pymilvus 2.6.x (the test venv) and 3.0.x (`.venv-pm3`, a
 so both SDK generations are proven against the same proxy:
 
     python workload.py --uri http://127.0.0.1:PORT [--token root:Milvus] [--name wl_x] [--legacy]
-                       [--ca ca.pem --server-name localhost]
+                       [--ca ca.pem --server-name localhost] [--read-level Bounded]
 
-Every step asserts what it got back. Reads use the collection's default consistency, so
-switchyard sends them to a standby; a read that depends on earlier writes is polled until the
+Every step asserts what it got back. Reads use the collection's default consistency unless
+`--read-level` names one (Bounded reads go to a standby, Strong ones to the primary); a read that depends on earlier writes is polled until the
 standby's answer holds them (replication is asynchronous), within `--deadline` seconds.
 `--legacy` leaves out what Milvus 2.3 lacks (a second vector field, hybrid search, aliases
 listing). The last line on stdout is a JSON summary: `{"ok": true, "steps": [...],
