@@ -266,7 +266,9 @@ async fn restore(c: &Control, from: &str, target: &str, old: &ReplicateConfigura
     }
 }
 
-/// Finishes or rolls back a job left by a previous run. Writes stay held under `key` (taken
+/// Finishes or rolls back a job left by a previous run: a target that promoted, or an old
+/// primary that demoted, means the switchover is finished; otherwise it is rolled back
+/// (nothing changed on the clusters yet). Writes stay held under `key` (taken
 /// by the caller before the listener served) until it ends; while the clusters cannot be
 /// read or told, it retries, and the proxy is `ABNORMAL` with the reason meanwhile.
 pub async fn recover(c: &Control, mut log: JobLog, job: PendingJob, key: HoldKey) {
@@ -334,11 +336,42 @@ async fn recover_once(c: &Control, job: &PendingJob) -> Result<(String, ChangeRe
         return Ok((format!("{how}: job finished, {} is primary", job.to), ChangeResult::Succeeded));
     }
     let from = job.from.clone().ok_or("it names no old primary")?;
+    let from_cluster = c.cluster(&from).ok_or_else(|| format!("it names unknown cluster {from}"))?;
+    let from_cfg = discovery::read_config(&from_cluster, t)
+        .await
+        .map_err(|e| format!("cannot read the replicate configuration of {from}: {e}"))?
+        .filter(|cfg| !cfg.clusters.is_empty());
+    if let Some(demoted) = from_cfg.filter(|cfg| discovery::primary_of(&from, Some(cfg)) == job.to) {
+        // The old primary took the new configuration: Milvus cannot undo that (the target
+        // promotes once it has applied the old primary's log up to the demotion), so finish
+        // the switchover rather than roll it back. Nothing acknowledged is lost either way.
+        let new = plan::recentred(c, &demoted, &job.to);
+        let deadline = c.config().switchover.promote_timeout;
+        plan::send(&target, &new, false, deadline)
+            .await
+            .map_err(|e| format!("{from} had demoted; {} has not promoted yet: {e}", job.to))?;
+        for m in new.clusters.iter().filter(|m| m.cluster_id != from && m.cluster_id != job.to) {
+            if let Some(other) = c.cluster(&m.cluster_id) {
+                if let Err(e) = plan::send(&other, &new, false, Duration::from_secs(10)).await {
+                    tracing::warn!(cluster = %m.cluster_id, error = %e, "could not repoint a standby");
+                }
+            }
+        }
+        let mut topo = c.topology();
+        if topo.primary.as_deref() != Some(job.to.as_str()) {
+            topo = topo.promoted(&job.to);
+        }
+        c.commit(topo).map_err(|e| format!("cannot persist the recovered topology: {e}"))?;
+        return Ok((
+            format!("{from} had demoted: switchover finished, {} promoted and is primary", job.to),
+            ChangeResult::Succeeded,
+        ));
+    }
     let current = target_cfg
         .filter(|cfg| !cfg.clusters.is_empty())
         .ok_or_else(|| format!("{} has no replicate configuration to roll back with", job.to))?;
     let old = plan::recentred(c, &current, &from);
     restore(c, &from, &job.to, &old).await?;
     c.record_job(None).map_err(|e| format!("cannot persist the end of the job: {e}"))?;
-    Ok((format!("{} had not promoted: rolled back, {from} is primary", job.to), ChangeResult::RolledBack))
+    Ok((format!("{from} had not demoted: rolled back, {from} is primary"), ChangeResult::RolledBack))
 }
