@@ -735,7 +735,7 @@ def test_sigkill_at_each_step_leaves_a_consistent_topology(tmp_path, request):
         w = Writers(bed.sy.uri, "killed", n=2, batch=5).start()
         wait_until(lambda: len(w.acked) >= 10, timeout=30, what="writes flowing")
         primary = A
-        # (kill at step, wait for the target to promote itself before restarting)
+        # (kill at step, wait for the old primary's fence to reach the target before restarting)
         plan = [(s, False) for s in STEPS] + [("promote", True)]
         outcomes = []
         for step, let_promote in plan:
@@ -748,8 +748,11 @@ def test_sigkill_at_each_step_leaves_a_consistent_topology(tmp_path, request):
             finally:
                 bed.standins[primary].control("/fault/latency", ms=0)
             if let_promote:
-                wait_until(lambda: bed.standins[target].state()["role"] == "primary", timeout=15,
-                           what=f"{target} promoting by itself")
+                # The old primary's fence reaches the target before the restart: the target has
+                # promoted by itself (the promote call had reached it) or holds the fence.
+                wait_until(lambda: bed.standins[target].state()["role"] == "primary"
+                           or not bed.standins[primary].state()["drains"], timeout=15,
+                           what=f"{primary}'s fence applied by {target}")
             # A slow target keeps the restarted switchyard's recovery going for a while; writes
             # arriving meanwhile must be held, not sent to a primary the job may have demoted.
             bed.standins[target].control("/fault/latency", ms=700)
