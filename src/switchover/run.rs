@@ -351,10 +351,10 @@ async fn recover_once(c: &Control, job: &PendingJob) -> Result<(String, ChangeRe
             .await
             .map_err(|e| format!("{from} had demoted; {} has not promoted yet: {e}", job.to))?;
         for m in new.clusters.iter().filter(|m| m.cluster_id != from && m.cluster_id != job.to) {
-            if let Some(other) = c.cluster(&m.cluster_id) {
-                if let Err(e) = plan::send(&other, &new, false, Duration::from_secs(10)).await {
-                    tracing::warn!(cluster = %m.cluster_id, error = %e, "could not repoint a standby");
-                }
+            if let Some(other) = c.cluster(&m.cluster_id)
+                && let Err(e) = plan::send(&other, &new, false, Duration::from_secs(10)).await
+            {
+                tracing::warn!(cluster = %m.cluster_id, error = %e, "could not repoint a standby");
             }
         }
         let mut topo = c.topology();
