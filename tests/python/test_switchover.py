@@ -9,6 +9,19 @@ with Strong consistency, after replication has caught up.
 
 Figures (longest write pause, added pause at 0 and 200 ms replication delay) are printed; run with
 ``-s`` to see them. ``test_added_pause_measurement`` also writes them into ``BENCHMARKS.md``.
+
+1. 20 switchovers A->B->A under 4 pymilvus writers: no error, every row exactly once on both.
+   Also: a quick switch back under replication delay keeps the new primary's writes.
+2. A target slower than ``promote_timeout``: rolled back, held writes land on A.
+3. Refusals (lag, health, wrong ``expected_primary``): 409, nothing changed.
+4. Two 64 MiB writes held on one connection: reads on it keep answering.
+5. Automatic failover under load: promotion time, fencing (nothing reaches A), the loss report,
+   readmit refused before the rebuild and accepted after.
+6. switchyard SIGKILLed at each step and restarted: consistent, nothing pending, nothing lost.
+7. ``switchyard ctl drill``.
+8. The pause a switchover adds beyond the promotion, at 0 and 200 ms replication delay.
+
+Module-scoped bed for 1-4, 7, 8 (each test puts A back as primary first); 5 and 6 build their own.
 """
 
 from __future__ import annotations
