@@ -90,6 +90,10 @@ def run(work: Path) -> int:
                 with lock:
                     errors.append(f"writer {w}: {e}")
             i += 1
+            # Pace the writers (~25 inserts/s each) so replication keeps up: a switchover's
+            # pause is the time the target needs to apply the old primary's backlog, and a
+            # milvus-lite standby applying in order falls behind a flat-out writer.
+            stop.wait(0.04)
 
     reads = [0]
 
@@ -110,6 +114,7 @@ def run(work: Path) -> int:
     time.sleep(3)  # let traffic run: this is a demo, not a test
 
     say("planned switchover to cluster-b while traffic flows")
+    ctl(sy, "status")
     ok_switch = ctl(sy, "switchover", "--to", "cluster-b", "--wait") == 0
     time.sleep(2)
     say("drill: switch over to cluster-a, check a write and a read there, switch back")
