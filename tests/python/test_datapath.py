@@ -31,7 +31,7 @@ import grpc
 import pytest
 
 from switchyard_bed import Raw, Switchyard, pb, venv_pm3
-from testbed import MilvusLite, Standin, bin_dir, replicate, wait_until
+from testbed import Standin, bin_dir, replicate, wait_until, start_standins, stop_all
 
 HERE = Path(__file__).resolve().parent
 WORKLOAD = HERE / "workload.py"
@@ -51,13 +51,7 @@ class Bed:
         self.procs: list = []
         ids = ["cluster-a", "cluster-b", "cluster-c"][: 1 + standbys]
         self.standins: dict[str, Standin] = {}
-        for cid in ids:
-            lite = MilvusLite(tmp)
-            self.procs.append(lite)
-            s = Standin(cid, lite.uri, pchannels=4, workdir=tmp)
-            s.lite = lite
-            self.procs.append(s)
-            self.standins[cid] = s
+        self.standins.update(start_standins(tmp, ids, pchannels=4, procs=self.procs))
         replicate(self.a, *[self.standins[c] for c in ids[1:]], tokens=TOKENS)
         clusters = [Switchyard.cluster(cid, s.uri, "primary" if cid == "cluster-a" else "standby", token="root:Milvus")
                     for cid, s in self.standins.items()]
@@ -81,13 +75,7 @@ class Bed:
         return {cid: s.state()["counters"] for cid, s in self.standins.items() if s.alive()}
 
     def stop(self, failed: bool = False) -> None:
-        for p in reversed(self.procs):
-            try:
-                if failed and getattr(p, "proc", None):
-                    print(f"\n--- {p!r} log ({p.proc.log_path}) ---\n{p.proc.tail(40)}")
-                p.stop()
-            except Exception as e:  # noqa: BLE001 - stop everything else regardless
-                print(f"teardown: {p!r}: {e}")
+        stop_all(self.procs, failed)
 
 
 def delta(after: dict, before: dict) -> dict:

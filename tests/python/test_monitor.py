@@ -39,7 +39,7 @@ import pytest
 import requests
 
 from switchyard_bed import Raw, Switchyard, pb
-from testbed import MilvusLite, Standin, bin_dir, replicate, star, update, wait_until
+from testbed import Standin, bin_dir, replicate, star, update, wait_until, start_standins, stop_all
 
 TOKEN = "root:Milvus"
 TOKENS = {"cluster-a": TOKEN, "cluster-b": TOKEN, "cluster-c": TOKEN}
@@ -61,13 +61,7 @@ class Bed:
         self.tmp = tmp
         self.procs: list = []
         self.standins: dict[str, Standin] = {}
-        for cid in ids:
-            lite = MilvusLite(tmp)
-            self.procs.append(lite)
-            s = Standin(cid, lite.uri, pchannels=4, workdir=tmp)
-            s.lite = lite
-            self.procs.append(s)
-            self.standins[cid] = s
+        self.standins.update(start_standins(tmp, ids, pchannels=4, procs=self.procs))
         replicate(self.a, *[self.standins[c] for c in ids[1:]], tokens=TOKENS)
         self.switchyards: list[Switchyard] = []
 
@@ -96,13 +90,7 @@ class Bed:
 
     def stop(self, failed: bool = False) -> None:
         self.stop_switchyards(failed)
-        for p in reversed(self.procs):
-            try:
-                if failed and getattr(p, "proc", None):
-                    print(f"\n--- {p!r} log ({p.proc.log_path}) ---\n{p.proc.tail(40)}")
-                p.stop()
-            except Exception as e:  # noqa: BLE001 - stop everything else regardless
-                print(f"teardown: {p!r}: {e}")
+        stop_all(self.procs, failed)
 
 
 @pytest.fixture(scope="module")

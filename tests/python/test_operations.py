@@ -46,7 +46,7 @@ import pytest
 import requests
 
 from switchyard_bed import Raw, Switchyard, pb, switchyard_cli, venv_pm3
-from testbed import MilvusLite, Standin, bin_dir, replicate, wait_until
+from testbed import Standin, bin_dir, replicate, wait_until, stop_all, start_standins
 
 SECRET = "root:S3cretPassw0rd"
 ADMIN_TOKEN = "adm1n-t0ken-xyz"
@@ -72,13 +72,7 @@ class OpsBed:
         self.procs: list = []
         self.cleanups: list = []  # run first at teardown (stop client threads)
         self.standins: dict[str, Standin] = {}
-        for cid in ids:
-            lite = MilvusLite(tmp)
-            self.procs.append(lite)
-            s = Standin(cid, lite.uri, pchannels=4, workdir=tmp, env={"RUST_LOG": "debug"})
-            s.lite = lite
-            self.procs.append(s)
-            self.standins[cid] = s
+        self.standins.update(start_standins(tmp, ids, pchannels=4, env={"RUST_LOG": "debug"}, procs=self.procs))
         replicate(self.standins[ids[0]], *[self.standins[c] for c in ids[1:]], tokens={c: SECRET for c in ids})
         in_config = list(in_config or ids)
         clusters = [self.entry(cid, "primary" if cid == ids[0] else "standby") for cid in in_config]
@@ -138,13 +132,7 @@ class OpsBed:
             self.raw.close()
         except Exception:  # noqa: BLE001
             pass
-        for p in reversed(self.procs):
-            try:
-                if failed and getattr(p, "proc", None):
-                    print(f"\n--- {p!r} log ({p.proc.log_path}) ---\n{p.proc.tail(60)}")
-                p.stop()
-            except Exception as e:  # noqa: BLE001 - stop everything else regardless
-                print(f"teardown: {p!r}: {e}")
+        stop_all(self.procs, failed, tail=60)
 
 
 @pytest.fixture

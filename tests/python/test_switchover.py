@@ -42,7 +42,7 @@ import pytest
 import requests
 
 from switchyard_bed import Switchyard
-from testbed import REPO, MilvusLite, Standin, bin_dir, free_port, replicate, wait_until
+from testbed import REPO, MilvusLite, Standin, bin_dir, free_port, replicate, wait_until, stop_all
 
 TOKENS = {"cluster-a": "root:Milvus", "cluster-b": "root:Milvus"}
 ADMIN_TOKEN = "swo-admin-token"
@@ -180,13 +180,7 @@ class Bed:
                 and all(roles[s] == "secondary" for s in t["standbys"]))
 
     def stop(self, failed: bool = False) -> None:
-        for p in reversed(self.procs):
-            try:
-                if failed and getattr(p, "proc", None):
-                    print(f"\n--- {p!r} log ({p.proc.log_path}) ---\n{p.proc.tail(40)}")
-                p.stop()
-            except Exception as e:  # noqa: BLE001 - stop everything else regardless
-                print(f"teardown: {p!r}: {e}")
+        stop_all(self.procs, failed)
 
 
 def delta(after: dict, before: dict) -> dict:

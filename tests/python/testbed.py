@@ -389,3 +389,31 @@ def count_rows(client, collection: str) -> int:
     """``count(*)`` of a collection (strong read on milvus-lite)."""
     res = client.query(collection, filter="", output_fields=["count(*)"])
     return int(res[0]["count(*)"])
+
+
+def start_standins(tmp, ids, pchannels: int = 4, env: Optional[dict] = None, procs: Optional[list] = None) -> dict:
+    """One milvus-lite and one stand-in per id (the stand-in's backend is ``.lite``). Every
+    process is appended to ``procs`` in start order, so ``stop_all(procs)`` stops them in reverse."""
+    standins = {}
+    for cid in ids:
+        lite = MilvusLite(tmp)
+        if procs is not None:
+            procs.append(lite)
+        s = Standin(cid, lite.uri, pchannels=pchannels, workdir=tmp, env=env)
+        s.lite = lite
+        if procs is not None:
+            procs.append(s)
+        standins[cid] = s
+    return standins
+
+
+def stop_all(procs, failed: bool = False, tail: int = 40) -> None:
+    """Stops ``procs`` newest first, each regardless of the others; prints their log tails when
+    the test failed."""
+    for p in reversed(procs):
+        try:
+            if failed and getattr(p, "proc", None):
+                print(f"\n--- {p!r} log ({p.proc.log_path}) ---\n{p.proc.tail(tail)}")
+            p.stop()
+        except Exception as e:  # noqa: BLE001 - stop everything else regardless
+            print(f"teardown: {p!r}: {e}")
