@@ -49,6 +49,7 @@ fn table(standbys: usize) -> RoutingTable {
         session_reads: ReadTarget::Primary,
         min_serving_standbys: 0,
         read_your_writes: Duration::ZERO,
+        level_cache_ttl: Duration::from_secs(30),
     };
     RoutingTable::build(&topo, ProxyState::Running, None, &clusters, Arc::new(policy), |_| true)
 }

@@ -74,7 +74,7 @@ impl App {
             max_header_list_size: config.listener.max_header_list_size,
             ..Default::default()
         };
-        let max_message_size = config.listener.max_message_size;
+        let limits = crate::proxy::ProxyLimits::from_config(&config.listener);
         let admin_bind = config.admin.address;
         let control = Control::new(config)?;
         let listener = TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, source })?;
@@ -82,7 +82,7 @@ impl App {
         let admin_listener =
             TcpListener::bind(admin_bind).await.map_err(|source| AppError::Bind { addr: admin_bind, source })?;
         let admin_addr = server::local_addr(&admin_listener);
-        let proxy = Proxy::new(control.clone(), max_message_size);
+        let proxy = Proxy::new(control.clone(), limits);
         let orch = Orchestrator::new(control.clone());
 
         control.start_monitor();

@@ -5,7 +5,12 @@
 //! `Bytes`. Boxing costs one allocation per message and lets every path share one upstream
 //! connection type.
 
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
+use http_body::Frame;
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 
 /// The error type bodies and services carry across layers.
@@ -31,4 +36,26 @@ where
     B::Error: Into<BoxError>,
 {
     body.map_err(Into::into).boxed_unsync()
+}
+
+/// A body made of fixed frames (data, then trailers), e.g. a whole unary gRPC answer.
+pub fn frames(frames: Vec<Frame<Bytes>>) -> Body {
+    Frames { frames: frames.into() }.boxed_unsync()
+}
+
+struct Frames {
+    frames: VecDeque<Frame<Bytes>>,
+}
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(self.frames.pop_front().map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty()
+    }
 }

@@ -250,6 +250,11 @@ async fn print_job(j: &Value, c: &Client) {
     if let Some(r) = j.get("possible_loss_rows").and_then(Value::as_u64) {
         println!("  rows acknowledged by the old primary and missing on the new one: {r}");
     }
+    if let Some(n) = j.get("late_acks").and_then(Value::as_u64).filter(|n| *n > 0) {
+        println!(
+            "  writes acknowledged by the fenced old primary after the failover (clients told: outcome unknown): {n}"
+        );
+    }
     if let Some(e) = j.get("error").and_then(Value::as_str) {
         println!("  error: {e}");
     }

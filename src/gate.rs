@@ -13,8 +13,8 @@
 //! Milvus never ordered relative to each other, may interleave once sent.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -74,9 +74,9 @@ pub struct WriteGate {
 
 /// Counts a write in flight to a cluster until dropped.
 #[derive(Debug)]
-pub struct Writing<'a>(&'a WriteGate);
+pub struct Writing(Arc<WriteGate>);
 
-impl Drop for Writing<'_> {
+impl Drop for Writing {
     fn drop(&mut self) {
         if self.0.writes_in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.drained.notify_waiters();
@@ -106,7 +106,7 @@ impl Held<'_> {
         let mut g = self.gate.lock();
         if g.held_bytes + n > g.limits.max_bytes {
             return Err(ProxyError::GateFull(format!(
-                "{} bytes already held, max_held_bytes is {}",
+                "it needs {n} more bytes, {} are held already and max_held_bytes is {}",
                 g.held_bytes, g.limits.max_bytes
             )));
         }
@@ -115,10 +115,9 @@ impl Held<'_> {
         Ok(())
     }
 
-    /// Bytes still allowed for this write's body.
-    pub fn room(&self) -> u64 {
-        let g = self.gate.lock();
-        g.limits.max_bytes.saturating_sub(g.held_bytes)
+    /// Bytes reserved by this write.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 }
 
@@ -151,9 +150,21 @@ impl WriteGate {
     }
 
     /// Marks a write as in flight (past the gate, sent or being sent).
-    pub fn write_started(&self) -> Writing<'_> {
+    pub fn write_started(self: &Arc<Self>) -> Writing {
         self.writes_in_flight.fetch_add(1, Ordering::AcqRel);
-        Writing(self)
+        Writing(self.clone())
+    }
+
+    /// Counts a write in flight only if the gate is open at that moment. The count comes
+    /// first and the look second, so a drain that closed the gate and then found no write
+    /// in flight cannot miss this one: either it is counted before the drain looks, or it
+    /// sees the gate closed and stays out.
+    pub fn write_started_if_open(self: &Arc<Self>) -> Result<Writing, String> {
+        let writing = self.write_started();
+        match self.closed_reason() {
+            None => Ok(writing),
+            Some(why) => Err(why),
+        }
     }
 
     /// Writes in flight now.
@@ -284,7 +295,6 @@ impl WriteGate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn gate() -> Arc<WriteGate> {
         Arc::new(WriteGate::new(GateLimits {

@@ -89,6 +89,107 @@ impl Kind {
     }
 }
 
+impl Method {
+    /// Whether a repeat of this write changes nothing, or fails harmlessly (it already
+    /// exists, it is already gone): then a write whose answer was lost may be retried by
+    /// the SDK. `false` for reads and control calls (they are not writes), and for every
+    /// write not listed in [`IDEMPOTENT_WRITES`].
+    pub fn idempotent(&self) -> bool {
+        self.kind.is_write() && IDEMPOTENT_WRITES.binary_search(&self.name).is_ok()
+    }
+
+    /// Whether the call belongs to Milvus CDC's traffic between clusters (a cluster's
+    /// replication intake, or its WAL): never proxied, whatever `x-switchyard-cluster` says.
+    pub fn is_cdc_internal(&self) -> bool {
+        CDC_INTERNAL.contains(&self.name)
+    }
+}
+
+/// The RPCs Milvus CDC uses between clusters: `CreateReplicateStream` (2.6 CDC writes a
+/// primary's WAL into a standby through it), `ReplicateMessage` (the 2.4/2.5 CDC intake, which
+/// writes raw messages into a cluster) and `DumpMessages` (reads a WAL, master).
+pub const CDC_INTERNAL: &[&str] = &["CreateReplicateStream", "DumpMessages", "ReplicateMessage"];
+
+/// Writes whose repeat is harmless, sorted. Every other write is treated as not idempotent:
+/// a repeat may apply it twice (`Insert`, `Import`, `TruncateCollection`, jobs that start a
+/// second copy), so an outcome-unknown answer for it is never one the SDKs retry.
+/// `tests` checks that every write row of the table has a decision here or in
+/// [`NOT_IDEMPOTENT_WRITES`].
+pub const IDEMPOTENT_WRITES: &[&str] = &[
+    "AddCollectionField", // a repeat: "field already exists"
+    "AddCollectionFunction",
+    "AddCollectionStructField", // master; a repeat: "field already exists"
+    "AddFileResource",
+    "AddUserTags",
+    "AlterAlias",
+    "AlterCollection", // sets properties to the same values
+    "AlterCollectionField",
+    "AlterCollectionFunction",
+    "AlterDatabase",
+    "AlterIndex",
+    "AlterRole",
+    "CreateAlias",      // a repeat: "alias already exists"
+    "CreateCollection", // a repeat: already exists (or the same schema, accepted)
+    "CreateCredential",
+    "CreateDatabase",
+    "CreateIndex",
+    "CreateNamespace",
+    "CreatePartition",
+    "CreatePrivilegeGroup",
+    "CreateRole",
+    "CreateRowPolicy",
+    "CreateSnapshot",
+    "Delete", // deleting the same keys again deletes nothing more
+    "DeleteCredential",
+    "DeleteRLSPrincipalTags",
+    "DeleteUserTags",
+    "DropAlias", // a repeat: not found, or a no-op
+    "DropCollection",
+    "DropCollectionFunction",
+    "DropDatabase",
+    "DropIndex",
+    "DropNamespace",
+    "DropPartition",
+    "DropPrivilegeGroup",
+    "DropRole",
+    "DropRowPolicy",
+    "DropSnapshot",
+    "Flush",
+    "FlushAll",
+    "LoadCollection",
+    "LoadPartitions",
+    "OperatePrivilege", // grant/revoke: the same state after a repeat
+    "OperatePrivilegeGroup",
+    "OperatePrivilegeV2",
+    "OperateUserRole",
+    "Prewarm",
+    "ReleaseCollection",
+    "ReleasePartitions",
+    "RemoveFileResource",
+    "RenameCollection", // a repeat: the old name no longer exists
+    "RestoreRBAC",
+    "SetRLSPrincipalTags",
+    "UpdateCredential",
+    "UpdateRowPolicy",
+    "Upsert", // the same rows by primary key
+];
+
+/// Writes a repeat of which may apply twice, sorted (the complement of
+/// [`IDEMPOTENT_WRITES`] among the table's writes, listed so each has a decision).
+pub const NOT_IDEMPOTENT_WRITES: &[&str] = &[
+    "AlterCollectionSchema",     // master: schema evolution steps, not known to be repeatable
+    "BatchUpdateManifest",       // master: manifest edits
+    "ExportSnapshot",            // starts a second export job
+    "Import",                    // imports the files twice
+    "Insert",                    // the rows twice (auto-id), or a second version
+    "PinSnapshotData",           // a second pin
+    "RefreshExternalCollection", // a second refresh job
+    "RestoreExternalSnapshot",   // a second restore job
+    "RestoreSnapshot",           // a second restore job
+    "TruncateCollection",        // would also remove rows written in between
+    "UnpinSnapshotData",         // drops a second pin
+];
+
 /// Finds the method for a gRPC `:path`. `None` for anything outside MilvusService's table.
 pub fn lookup(path: &str) -> Option<&'static Method> {
     let name = path.strip_prefix(SERVICE_PREFIX)?;
@@ -304,5 +405,34 @@ mod tests {
         for k in [DML, DDL, DCL, DATA, META, CTL, STREAM] {
             assert!(has(k), "{k:?} missing");
         }
+    }
+
+    #[test]
+    fn every_write_has_an_idempotency_decision() {
+        for list in [IDEMPOTENT_WRITES, NOT_IDEMPOTENT_WRITES, CDC_INTERNAL] {
+            for pair in list.windows(2) {
+                assert!(pair[0] < pair[1], "{} !< {}", pair[0], pair[1]);
+            }
+        }
+        for m in METHODS.iter().filter(|m| m.kind.is_write()) {
+            let yes = IDEMPOTENT_WRITES.contains(&m.name);
+            let no = NOT_IDEMPOTENT_WRITES.contains(&m.name);
+            assert!(yes ^ no, "{}: idempotent {yes}, not idempotent {no}", m.name);
+            assert_eq!(m.idempotent(), yes);
+        }
+        for name in IDEMPOTENT_WRITES.iter().chain(NOT_IDEMPOTENT_WRITES) {
+            assert!(by_name(name).is_some_and(|m| m.kind.is_write()), "{name} is not a write row");
+        }
+        assert!(!by_name("Insert").unwrap().idempotent());
+        assert!(by_name("Upsert").unwrap().idempotent());
+        assert!(!by_name("Search").unwrap().idempotent());
+    }
+
+    #[test]
+    fn cdc_internal_rows_exist() {
+        for name in CDC_INTERNAL {
+            assert!(by_name(name).is_some_and(Method::is_cdc_internal), "{name}");
+        }
+        assert!(!by_name("GetReplicateInfo").unwrap().is_cdc_internal());
     }
 }

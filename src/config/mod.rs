@@ -75,6 +75,12 @@ pub struct ListenerConfig {
     pub max_header_list_size: u32,
     /// HTTP/2 streams per client connection.
     pub max_concurrent_streams: u32,
+    /// Longest wait for the next piece of a request body; a call whose client stops
+    /// sending for longer is answered "not sent" and its stream reset.
+    pub body_timeout: Duration,
+    /// Bytes all calls together may hold in memory to peek at a read's consistency level;
+    /// a read that does not fit is routed as Strong without being peeked.
+    pub peek_budget: usize,
 }
 
 /// Server TLS files.
@@ -173,6 +179,8 @@ pub struct RoutingConfig {
     pub min_serving_standbys: usize,
     /// Read-your-writes window (zero = off).
     pub read_your_writes: Duration,
+    /// How long a collection's default consistency level is trusted once learnt.
+    pub level_cache_ttl: Duration,
 }
 
 /// `[switchover]`.

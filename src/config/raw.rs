@@ -36,6 +36,8 @@ pub(super) struct RawListener {
     pub(super) max_message_size: Option<String>,
     pub(super) max_header_list_size: Option<String>,
     pub(super) max_concurrent_streams: Option<u32>,
+    pub(super) body_timeout: Option<String>,
+    pub(super) peek_budget: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -86,6 +88,7 @@ pub(super) struct RawRouting {
     pub(super) unknown_methods: Option<String>,
     pub(super) min_serving_standbys: Option<usize>,
     pub(super) read_your_writes: Option<String>,
+    pub(super) level_cache_ttl: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -128,6 +131,8 @@ const KNOWN: &[(&str, &[&str])] = &[
             "max_message_size",
             "max_header_list_size",
             "max_concurrent_streams",
+            "body_timeout",
+            "peek_budget",
         ],
     ),
     ("admin", &["address", "token"]),
@@ -144,6 +149,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "unknown_methods",
             "min_serving_standbys",
             "read_your_writes",
+            "level_cache_ttl",
         ],
     ),
     (

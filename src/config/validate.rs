@@ -99,6 +99,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         max_message_size: max_message_size as usize,
         max_header_list_size: max_header_list_size.min(u32::MAX as u64) as u32,
         max_concurrent_streams: l.max_concurrent_streams.unwrap_or(1024),
+        body_timeout: c.dur("listener.body_timeout", &l.body_timeout, Duration::from_secs(30)),
+        peek_budget: c.size("listener.peek_budget", &l.peek_budget, 64 << 20) as usize,
     };
 
     let admin_address = c.addr("admin.address", &raw.admin.address, "127.0.0.1:9100");
@@ -151,6 +153,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         session_reads: c.read_target("routing.session_reads", &r.session_reads, ReadTarget::Primary),
         min_serving_standbys: r.min_serving_standbys.unwrap_or(0),
         read_your_writes: c.dur("routing.read_your_writes", &r.read_your_writes, Duration::ZERO),
+        level_cache_ttl: c.dur("routing.level_cache_ttl", &r.level_cache_ttl, Duration::from_secs(30)),
     };
 
     let s = &raw.switchover;

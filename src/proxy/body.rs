@@ -5,10 +5,23 @@
 //! first message of a read whose consistency level matters), then streams the rest. A
 //! [`FrameScan`] follows the gRPC frame boundaries as bytes pass, so a message larger than
 //! `listener.max_message_size` is refused the moment its header is seen.
+//!
+//! Three guards keep a slow or hostile client from costing anyone but itself:
+//! - every wait for the next piece of the body is bounded by `listener.body_timeout`; a
+//!   stalled body ends the call with "not sent" and resets the stream to the cluster, which
+//!   never had the whole message;
+//! - a streamed write is counted in flight (for a switchover's drain) only at the moment its
+//!   first message is complete ([`RequestBody::count_when_complete`]): a body still arriving
+//!   when a drain begins is cut instead, so the drain waits only for writes a cluster could
+//!   apply;
+//! - bytes held for a write are reserved from `max_held_bytes` by the frame's declared length
+//!   before they are read ([`RequestBody::buffer_all_reserved`]).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
@@ -17,6 +30,7 @@ use hyper::body::Incoming;
 
 use crate::body::BoxError;
 use crate::error::ProxyError;
+use crate::gate::{Held, WriteGate, Writing};
 use crate::grpc::frame::HEADER_LEN;
 
 /// Follows gRPC frame boundaries in a byte stream and enforces the size limit.
@@ -28,12 +42,16 @@ pub struct FrameScan {
     remaining: usize,
     /// Messages whose header has been seen.
     pub messages: usize,
+    /// Bytes the headers seen so far declare, their own 5-byte headers included.
+    pub declared: u64,
+    /// The first message's compression flag and length, once its header is seen.
+    pub first: Option<(u8, usize)>,
 }
 
 impl FrameScan {
     /// A scanner refusing messages above `limit` bytes.
     pub fn new(limit: usize) -> Self {
-        Self { limit, header: [0; HEADER_LEN], have: 0, remaining: 0, messages: 0 }
+        Self { limit, header: [0; HEADER_LEN], have: 0, remaining: 0, messages: 0, declared: 0, first: None }
     }
 
     /// Feeds bytes; fails on the first oversized message.
@@ -57,6 +75,8 @@ impl FrameScan {
                 self.have = 0;
                 self.remaining = len;
                 self.messages += 1;
+                self.declared += (HEADER_LEN + len) as u64;
+                self.first.get_or_insert((self.header[0], len));
             }
         }
         Ok(())
@@ -66,6 +86,24 @@ impl FrameScan {
     pub fn mid_frame(&self) -> bool {
         self.have > 0 || self.remaining > 0
     }
+
+    /// Whether the first message has arrived whole.
+    pub fn first_complete(&self) -> bool {
+        self.messages >= 2 || (self.messages == 1 && !self.mid_frame())
+    }
+}
+
+/// Why switchyard cut a body it was streaming to a cluster, for the call's answer.
+pub type AbortSlot = Arc<Mutex<Option<ProxyError>>>;
+
+/// Where a streamed write's in-flight count lives once its message is complete.
+pub type WritingSlot = Arc<Mutex<Option<Writing>>>;
+
+/// Counting a streamed write in flight when its first message completes.
+#[derive(Debug)]
+struct CountWhenComplete {
+    gate: Arc<WriteGate>,
+    slot: WritingSlot,
 }
 
 /// A request body: read-ahead frames first, then the rest of the client's stream.
@@ -75,6 +113,14 @@ pub struct RequestBody {
     rest: Option<Incoming>,
     scan: FrameScan,
     buffered_len: usize,
+    /// Longest wait for the next frame.
+    timeout: Duration,
+    /// Armed while the client's body is pending during streaming.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    abort: AbortSlot,
+    count: Option<CountWhenComplete>,
+    /// A share of the peek budget, held as long as the read-ahead bytes are.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// What reading ahead found.
@@ -85,15 +131,58 @@ pub struct ReadAhead {
 }
 
 impl RequestBody {
-    /// Wraps a client body. Nothing is read yet.
-    pub fn new(body: Incoming, limit: usize) -> Self {
-        Self { buffered: VecDeque::new(), rest: Some(body), scan: FrameScan::new(limit), buffered_len: 0 }
+    /// Wraps a client body. Nothing is read yet. `timeout` bounds each wait for more.
+    pub fn new(body: Incoming, limit: usize, timeout: Duration) -> Self {
+        Self::with(VecDeque::new(), Some(body), FrameScan::new(limit), timeout)
+    }
+
+    fn with(buffered: VecDeque<Frame<Bytes>>, rest: Option<Incoming>, scan: FrameScan, timeout: Duration) -> Self {
+        let buffered_len = buffered.iter().filter_map(|f| f.data_ref()).map(Bytes::len).sum();
+        Self {
+            buffered,
+            rest,
+            scan,
+            buffered_len,
+            timeout,
+            idle: None,
+            abort: AbortSlot::default(),
+            count: None,
+            permit: None,
+        }
     }
 
     /// A body made only of bytes already in memory.
     pub fn from_frames(frames: VecDeque<Frame<Bytes>>, limit: usize) -> Self {
-        let buffered_len = frames.iter().filter_map(|f| f.data_ref()).map(Bytes::len).sum();
-        Self { buffered: frames, rest: None, scan: FrameScan::new(limit), buffered_len }
+        Self::with(frames, None, FrameScan::new(limit), Duration::MAX)
+    }
+
+    /// Why switchyard cut this body, if it did (shared with every copy).
+    pub fn abort_slot(&self) -> AbortSlot {
+        self.abort.clone()
+    }
+
+    /// The first message's compression flag and declared length, once its header is read.
+    pub fn first_header(&self) -> Option<(u8, usize)> {
+        self.scan.first
+    }
+
+    /// Whether the first message is entirely read (in memory or already streamed).
+    pub fn first_complete(&self) -> bool {
+        self.scan.first_complete()
+    }
+
+    /// Keeps a share of the peek budget for as long as this body lives.
+    pub fn hold_permit(&mut self, permit: tokio::sync::OwnedSemaphorePermit) {
+        self.permit = Some(permit);
+    }
+
+    /// A streamed write: it is counted in flight (into `slot`) at the moment its first
+    /// message is complete, if the gate is open then; if the gate is closed then (a drain
+    /// has begun), the body is cut instead and the call answered "not sent".
+    pub fn count_when_complete(&mut self, gate: Arc<WriteGate>) -> WritingSlot {
+        let slot = WritingSlot::default();
+        self.count = Some(CountWhenComplete { gate, slot: slot.clone() });
+        slot
     }
 
     /// Bytes read ahead and held in memory.
@@ -104,7 +193,11 @@ impl RequestBody {
     /// Reads one more frame of the client's body into memory; `false` once the body has ended.
     async fn pull(&mut self) -> Result<bool, ProxyError> {
         let Some(rest) = self.rest.as_mut() else { return Ok(false) };
-        match rest.frame().await {
+        let frame = match tokio::time::timeout(self.timeout, rest.frame()).await {
+            Ok(f) => f,
+            Err(_) => return Err(ProxyError::BodyTimeout(self.timeout)),
+        };
+        match frame {
             None => {
                 self.rest = None;
                 Ok(false)
@@ -125,8 +218,7 @@ impl RequestBody {
     /// the whole first message is in memory (small read requests only).
     pub async fn read_ahead(&mut self, whole_first: bool) -> Result<ReadAhead, ProxyError> {
         loop {
-            let first_complete = self.scan.messages >= 2 || (self.scan.messages == 1 && !self.scan.mid_frame());
-            let enough = if whole_first { first_complete } else { self.scan.messages > 0 };
+            let enough = if whole_first { self.scan.first_complete() } else { self.scan.messages > 0 };
             if enough || !self.pull().await? {
                 break;
             }
@@ -134,11 +226,15 @@ impl RequestBody {
         Ok(ReadAhead { first_message: if whole_first { self.first_message() } else { None } })
     }
 
-    /// Reads the whole body into memory (a held write), up to `max` bytes in total.
-    pub async fn buffer_all(&mut self, max: usize) -> Result<(), ProxyError> {
+    /// Reads the whole body into memory (a held write). Before more is read, the bytes its
+    /// frame headers declare (or, past a header not yet seen, the bytes already read) are
+    /// reserved in `held`: a write that does not fit is refused before it is read, and N
+    /// writes held at once never hold more than `max_held_bytes` together.
+    pub async fn buffer_all_reserved(&mut self, held: &mut Held<'_>) -> Result<(), ProxyError> {
         loop {
-            if self.buffered_len > max {
-                return Err(ProxyError::GateFull(format!("body over the {max} bytes left in max_held_bytes")));
+            let want = self.scan.declared.max(self.buffered_len as u64);
+            if want > held.bytes() {
+                held.add_bytes(want - held.bytes())?;
             }
             if !self.pull().await? {
                 return Ok(());
@@ -174,12 +270,25 @@ impl RequestBody {
 
     /// Copies the buffered frames (the body must be fully buffered), for a resend.
     pub fn clone_buffered(&self) -> Option<Self> {
-        self.rest.is_none().then(|| Self {
-            buffered: self.buffered.iter().filter_map(clone_frame).collect(),
-            rest: None,
-            scan: self.scan.clone(),
-            buffered_len: self.buffered_len,
+        self.rest.is_none().then(|| {
+            let mut copy = Self::with(
+                self.buffered.iter().filter_map(clone_frame).collect(),
+                None,
+                self.scan.clone(),
+                self.timeout,
+            );
+            copy.abort = self.abort.clone();
+            copy
         })
+    }
+}
+
+impl RequestBody {
+    /// Ends the stream to the cluster with `e`, remembering why for the call's answer.
+    fn cut(&mut self, e: ProxyError) -> BoxError {
+        *self.abort.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+        self.rest = None;
+        Box::new(e)
     }
 }
 
@@ -202,17 +311,34 @@ impl http_body::Body for RequestBody {
         }
         let Some(rest) = this.rest.as_mut() else { return Poll::Ready(None) };
         match Pin::new(rest).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let idle = this.idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if idle.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(this.cut(ProxyError::BodyTimeout(timeout)))));
+                }
+                Poll::Pending
+            }
             Poll::Ready(None) => {
                 this.rest = None;
+                this.idle = None;
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref()
-                    && let Err(e) = this.scan.feed(data)
-                {
-                    return Poll::Ready(Some(Err(Box::new(e))));
+                this.idle = None;
+                if let Some(data) = frame.data_ref() {
+                    if let Err(e) = this.scan.feed(data) {
+                        return Poll::Ready(Some(Err(this.cut(e))));
+                    }
+                    if this.scan.first_complete()
+                        && let Some(count) = this.count.take()
+                    {
+                        match count.gate.write_started_if_open() {
+                            Ok(writing) => *count.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(writing),
+                            Err(during) => return Poll::Ready(Some(Err(this.cut(ProxyError::CutMidBody { during })))),
+                        }
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

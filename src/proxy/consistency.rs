@@ -2,8 +2,9 @@
 //! connection's recent writes (read-your-writes).
 //!
 //! A read that asks for the collection's default level (`use_default_consistency`) is
-//! routed by that level, learnt once from `DescribeCollection` on the primary and cached.
-//! Any DDL that passes through empties the cache (cheaper and safer than parsing which
+//! routed by that level, learnt from `DescribeCollection` on the primary and cached for
+//! `routing.level_cache_ttl`, so a level changed outside switchyard is seen within it. Any
+//! DDL that passes through empties the cache (cheaper and safer than parsing which
 //! collection each DDL touches).
 
 use std::collections::HashMap;
@@ -12,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use crate::proto::common::ConsistencyLevel;
 
+/// Levels cached at most; past it the cache starts over.
+const MAX_CACHED_LEVELS: usize = 16 * 1024;
+
 /// `(database, collection)`.
 pub type CollectionKey = (String, String);
 
@@ -19,18 +23,31 @@ pub type CollectionKey = (String, String);
 #[derive(Debug, Default)]
 pub struct LevelCache {
     // Short sections only.
-    levels: Mutex<HashMap<CollectionKey, ConsistencyLevel>>,
+    levels: Mutex<HashMap<CollectionKey, (ConsistencyLevel, Instant)>>,
 }
 
 impl LevelCache {
-    /// The cached level.
-    pub fn get(&self, key: &CollectionKey) -> Option<ConsistencyLevel> {
-        self.levels.lock().unwrap_or_else(|p| p.into_inner()).get(key).copied()
+    /// The cached level, if learnt less than `ttl` ago.
+    pub fn get(&self, key: &CollectionKey, ttl: Duration) -> Option<ConsistencyLevel> {
+        let mut levels = self.levels.lock().unwrap_or_else(|p| p.into_inner());
+        match levels.get(key) {
+            Some((level, at)) if at.elapsed() < ttl => Some(*level),
+            Some(_) => {
+                levels.remove(key);
+                None
+            }
+            None => None,
+        }
     }
 
     /// Remembers a level.
     pub fn put(&self, key: CollectionKey, level: ConsistencyLevel) {
-        self.levels.lock().unwrap_or_else(|p| p.into_inner()).insert(key, level);
+        let mut levels = self.levels.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: a client naming endless collections cannot grow it without limit.
+        if levels.len() >= MAX_CACHED_LEVELS {
+            levels.clear();
+        }
+        levels.insert(key, (level, Instant::now()));
     }
 
     /// Forgets everything (a DDL passed).
@@ -67,5 +84,20 @@ impl RecentWrites {
             }
             None => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_expire_after_the_ttl() {
+        let cache = LevelCache::default();
+        let key = ("default".to_string(), "books".to_string());
+        cache.put(key.clone(), ConsistencyLevel::Bounded);
+        assert_eq!(cache.get(&key, Duration::from_secs(30)), Some(ConsistencyLevel::Bounded));
+        assert_eq!(cache.get(&key, Duration::ZERO), None, "expired entries are not served");
+        assert_eq!(cache.get(&key, Duration::from_secs(30)), None, "and are forgotten");
     }
 }

@@ -46,11 +46,31 @@ pub const CLUSTER_HEADER: &str = "x-switchyard-cluster";
 /// Reads tried on this many clusters at most when they cannot be reached.
 const READ_ATTEMPTS: usize = 3;
 
+/// The data path's own limits, from `[listener]`.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyLimits {
+    /// Largest message accepted from a client.
+    pub max_message_size: usize,
+    /// Longest wait for the next piece of a request body.
+    pub body_timeout: std::time::Duration,
+    /// Bytes all calls together may read ahead to peek at consistency levels.
+    pub peek_budget: usize,
+}
+
+impl ProxyLimits {
+    /// The limits a `[listener]` section sets.
+    pub fn from_config(l: &crate::config::ListenerConfig) -> Self {
+        Self { max_message_size: l.max_message_size, body_timeout: l.body_timeout, peek_budget: l.peek_budget }
+    }
+}
+
 /// What the data path needs, shared by every connection.
 #[derive(Debug)]
 pub struct Proxy {
     control: Arc<Control>,
-    max_message_size: usize,
+    limits: ProxyLimits,
+    /// The peek budget, in bytes; a read that cannot take its share is routed as Strong.
+    peek: Arc<tokio::sync::Semaphore>,
     levels: LevelCache,
     /// Calls switchyard answered itself (no cluster).
     pub local_stats: RequestStats,
@@ -100,10 +120,12 @@ impl Call {
 
 impl Proxy {
     /// A data path driven by a control side.
-    pub fn new(control: Arc<Control>, max_message_size: usize) -> Arc<Self> {
+    pub fn new(control: Arc<Control>, limits: ProxyLimits) -> Arc<Self> {
+        let budget = limits.peek_budget.min(tokio::sync::Semaphore::MAX_PERMITS);
         Arc::new(Self {
             control,
-            max_message_size,
+            limits,
+            peek: Arc::new(tokio::sync::Semaphore::new(budget)),
             levels: LevelCache::default(),
             local_stats: RequestStats::default(),
             cut_off: tokio_util::sync::CancellationToken::new(),
@@ -148,24 +170,29 @@ impl Proxy {
         match result {
             Ok(resp) => resp,
             Err(e) => {
-                let st = e.status();
-                tracing::debug!(error = %st.message, "answered by switchyard");
-                self.local_stats.record(label, st.code, start.elapsed());
-                st.to_response()
+                let answer = e.answer(method);
+                tracing::debug!(error = %answer.message(), "answered by switchyard");
+                self.local_stats.record(label, answer.metric_code(), start.elapsed());
+                answer.into_response()
             }
         }
     }
 
     async fn route(&self, req: Request<Incoming>, call: &Call, conn: &ConnInfo) -> Result<Response<Body>, ProxyError> {
-        if call.method.is_some_and(|m| m.name == "UpdateReplicateConfiguration") {
-            return Err(ProxyError::ReplicateConfigRefused);
+        if let Some(m) = call.method {
+            if m.name == "UpdateReplicateConfiguration" {
+                return Err(ProxyError::ReplicateConfigRefused);
+            }
+            if m.is_cdc_internal() {
+                return Err(ProxyError::CdcInternal(m.name));
+            }
         }
         let table = self.control.routing().load_full();
         tracing::Span::current().record("route.epoch", table.epoch);
         let (mut parts, incoming) = req.into_parts();
         let named = parts.headers.remove(CLUSTER_HEADER).and_then(|v| v.to_str().ok().map(str::to_string));
         parts.headers.remove(http::header::HOST);
-        let mut body = RequestBody::new(incoming, self.max_message_size);
+        let mut body = RequestBody::new(incoming, self.limits.max_message_size, self.limits.body_timeout);
         let method_name = call.method.map(|m| m.name).unwrap_or("");
 
         match call.kind {
@@ -183,9 +210,9 @@ impl Proxy {
                 self.forward(target, &table, parts, body, call).await
             }
             Kind::Read(class) => {
-                let fields = if class == ReadClass::Data && read::has_level(method_name) {
-                    let ahead = body.read_ahead(true).await?;
-                    ahead.first_message.and_then(|m| read::decode(method_name, m))
+                let peeked = class == ReadClass::Data && read::has_level(method_name);
+                let fields = if peeked {
+                    self.peek_fields(&mut body, method_name).await?
                 } else {
                     body.read_ahead(false).await?;
                     None
@@ -195,9 +222,11 @@ impl Proxy {
                     return self.forward(target, &table, parts, body, call).await.map_err(ProxyError::for_read);
                 }
                 let db = db_of(&parts, fields.as_ref().map(|f| f.db_name.as_str()));
+                // Unknown is unsafe: a level that cannot be read routes the read as Strong.
                 let level = match &fields {
                     Some(f) if f.use_default => Some(self.default_level(&table, &parts, &db, &f.collection).await),
                     Some(f) => Some(f.level),
+                    None if peeked => Some(ConsistencyLevel::Strong),
                     None => None,
                 };
                 let required = fields.as_ref().and_then(|f| {
@@ -213,8 +242,28 @@ impl Proxy {
         }
     }
 
-    /// The collection's own consistency level, from the cache or `DescribeCollection` on
-    /// the primary. When it cannot be learnt, Bounded (Milvus's default for new collections).
+    /// Reads a data read's first message to learn its routing fields, within the peek
+    /// budget. `None` when they cannot be read: compressed, unparsable, or no share of the
+    /// budget left (the read is then routed as Strong, never as a guess).
+    async fn peek_fields(
+        &self,
+        body: &mut RequestBody,
+        method_name: &str,
+    ) -> Result<Option<read::ReadFields>, ProxyError> {
+        body.read_ahead(false).await?;
+        let Some((0, len)) = body.first_header() else { return Ok(None) };
+        let share = u32::try_from(len + crate::grpc::frame::HEADER_LEN).unwrap_or(u32::MAX);
+        let Ok(permit) = self.peek.clone().try_acquire_many_owned(share) else {
+            tracing::debug!(len, "peek budget spent; routing the read as Strong");
+            return Ok(None);
+        };
+        body.hold_permit(permit);
+        let ahead = body.read_ahead(true).await?;
+        Ok(ahead.first_message.and_then(|m| read::decode(method_name, m)))
+    }
+
+    /// The collection's own consistency level, from the cache (`routing.level_cache_ttl`) or
+    /// `DescribeCollection` on the primary. When it cannot be learnt, Strong: unknown is unsafe.
     async fn default_level(
         &self,
         table: &RoutingTable,
@@ -223,10 +272,10 @@ impl Proxy {
         collection: &str,
     ) -> ConsistencyLevel {
         let key = (db.to_string(), collection.to_string());
-        if let Some(l) = self.levels.get(&key) {
+        if let Some(l) = self.levels.get(&key, table.policy.level_cache_ttl) {
             return l;
         }
-        let Some(primary) = table.primary.clone() else { return ConsistencyLevel::Bounded };
+        let Some(primary) = table.primary.clone() else { return ConsistencyLevel::Strong };
         let mut opts = crate::grpc::client::CallOptions::timeout(std::time::Duration::from_secs(2));
         opts.metadata.push(("dbname", db.to_string()));
         match parts.headers.get("authorization").and_then(|v| v.to_str().ok()) {
@@ -248,13 +297,13 @@ impl Proxy {
         .await
         {
             Ok(r) if r.status.as_ref().is_none_or(|s| s.code == 0 && s.error_code == 0) => {
-                let l = ConsistencyLevel::try_from(r.consistency_level).unwrap_or(ConsistencyLevel::Bounded);
+                let l = ConsistencyLevel::try_from(r.consistency_level).unwrap_or(ConsistencyLevel::Strong);
                 self.levels.put(key, l);
                 l
             }
             other => {
-                tracing::debug!(collection, result = ?other.err(), "default consistency level unknown; using Bounded");
-                ConsistencyLevel::Bounded
+                tracing::debug!(collection, result = ?other.err(), "default consistency level unknown; routing as Strong");
+                ConsistencyLevel::Strong
             }
         }
     }
@@ -271,6 +320,7 @@ impl Proxy {
     ) -> Result<Response<Body>, ProxyError> {
         let Pick { target, only_primary, required } = pick;
         let mut tried: Vec<Arc<Cluster>> = Vec::new();
+        let abort = body.abort_slot();
         let mut req = Request::from_parts(parts, b::boxed(body));
         let primary = table.primary.clone();
         // Read-your-writes: a standby serves this read only once it has applied the write.
@@ -310,7 +360,7 @@ impl Proxy {
                     tried.push(cluster);
                     req = *back;
                 }
-                Err(e) => return Err(self.send_error(&cluster, e).for_read()),
+                Err(e) => return Err(cut_reason(&abort).unwrap_or_else(|| self.send_error(&cluster, e).for_read())),
             }
         }
     }
@@ -324,9 +374,12 @@ impl Proxy {
         body: RequestBody,
         call: &Call,
     ) -> Result<Response<Body>, ProxyError> {
+        let abort = body.abort_slot();
         let mut req = Request::from_parts(parts, b::boxed(body));
         strip_foreign_identifier(&mut req, table, &cluster);
-        self.send(&cluster, req, call).await.map_err(|e| self.send_error(&cluster, e))
+        self.send(&cluster, req, call)
+            .await
+            .map_err(|e| cut_reason(&abort).unwrap_or_else(|| self.send_error(&cluster, e)))
     }
 
     /// Sends and wraps the answer so the outcome is recorded when it ends.
@@ -359,6 +412,12 @@ impl Proxy {
             SendError::Sent(e) => ProxyError::MaybeSent { cluster: cluster.id.to_string(), detail: e.to_string() },
         }
     }
+}
+
+/// Why switchyard cut a request body it was streaming, if it did: the call then failed
+/// because of that (a stalled or oversized body, a drain), not because of the cluster.
+fn cut_reason(abort: &body::AbortSlot) -> Option<ProxyError> {
+    abort.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// The answer for a call still waiting for its cluster when shutdown cuts calls off.

@@ -29,7 +29,8 @@ pub fn has_level(method: &str) -> bool {
 
 /// Decodes the routing fields of a `Search`, `HybridSearch` or `Query` message.
 pub fn decode(method: &str, msg: Bytes) -> Option<ReadFields> {
-    let level = |v: i32| ConsistencyLevel::try_from(v).unwrap_or(ConsistencyLevel::Bounded);
+    // A level this table does not know is routed as Strong: unknown is unsafe.
+    let level = |v: i32| ConsistencyLevel::try_from(v).unwrap_or(ConsistencyLevel::Strong);
     match method {
         "Search" => SearchRequest::decode(msg).ok().map(|r| ReadFields {
             level: level(r.consistency_level),

@@ -82,12 +82,28 @@ impl BufferedReply {
     }
 }
 
-/// Whether a status says the cluster refused the write because it is not the primary.
-/// Such a write was not applied (Milvus rejects it before its WAL).
+/// Milvus's reason when a standby refuses a client's DML (streaming node, WAL replicate
+/// interceptor: `internal/streamingnode/server/wal/interceptors/replicate/replicates/impl.go`,
+/// text built by `internal/util/streamingutil/status/streaming_error.go`).
+pub const DML_NOT_PRIMARY: &str =
+    "code: STREAMING_CODE_REPLICATE_VIOLATION, cause: non-replicate message cannot be received in secondary role";
+/// Milvus's reason when a standby refuses a client's DDL or DCL (`broadcaster.ErrNotPrimary`,
+/// `internal/streamingcoord/server/broadcaster/broadcaster.go`).
+pub const DDL_NOT_PRIMARY: &str = "cluster is not primary, cannot do any DDL/DCL";
+/// The status code both refusals carry: they are not `merr` errors, so Milvus's proxy maps
+/// them to its "unexpected" code, `(1 << 16) - 1` (`pkg/util/merr/utils.go`).
+pub const NOT_PRIMARY_CODE: i32 = 65535;
+
+/// Whether a status is a standby's refusal of a write because it is not the primary. Such a
+/// write was not applied (Milvus rejects it before its WAL), so it may go to the real primary.
+///
+/// Matched by the code and the whole reason, never by a substring: Milvus echoes user input
+/// (collection names, filter expressions) in its reasons, and a substring match would let a
+/// crafted name close the global write gate. A refusal worded differently (a future Milvus
+/// that wraps the text) is then passed to the client as it is, which is safe: nothing is
+/// resent, and the SDKs recognise Milvus's refusal themselves.
 pub fn is_not_primary(status: &Status) -> bool {
-    status.code != 0
-        && (status.reason.contains("STREAMING_CODE_REPLICATE_VIOLATION")
-            || status.reason.contains("cluster is not primary"))
+    status.code == NOT_PRIMARY_CODE && (status.reason == DML_NOT_PRIMARY || status.reason == DDL_NOT_PRIMARY)
 }
 
 #[cfg(test)]
@@ -95,20 +111,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn recognises_both_standby_refusals() {
-        let dml = Status {
-            code: 65535,
-            reason: "code: STREAMING_CODE_REPLICATE_VIOLATION, cause: non-replicate message cannot be received in secondary role".into(),
-            ..Default::default()
-        };
-        let ddl = Status {
-            code: 65535,
-            reason: "cluster is not primary, cannot do any DDL/DCL".into(),
-            ..Default::default()
-        };
-        let other = Status { code: 100, reason: "collection not found".into(), ..Default::default() };
-        assert!(is_not_primary(&dml));
-        assert!(is_not_primary(&ddl));
-        assert!(!is_not_primary(&other));
+    fn recognises_both_standby_refusals_exactly() {
+        let status = |code: i32, reason: &str| Status { code, reason: reason.into(), ..Default::default() };
+        assert!(is_not_primary(&status(65535, DML_NOT_PRIMARY)));
+        assert!(is_not_primary(&status(65535, DDL_NOT_PRIMARY)));
+        assert!(!is_not_primary(&status(100, "collection not found")));
+        // User input echoed in a reason never matches, whatever it contains.
+        let echoed = format!("collection not found[collection={DDL_NOT_PRIMARY}]");
+        assert!(!is_not_primary(&status(100, &echoed)));
+        assert!(!is_not_primary(&status(65535, &echoed)));
+        let expr = format!("cannot parse expression: {DML_NOT_PRIMARY}, error: syntax");
+        assert!(!is_not_primary(&status(1100, &expr)));
+        assert!(!is_not_primary(&status(65535, &expr)));
+        // The text with another code is not Milvus's refusal.
+        assert!(!is_not_primary(&status(5, DML_NOT_PRIMARY)));
     }
 }

@@ -1,11 +1,26 @@
 //! Writes: through the gate, to the primary, never sent twice unless refused unapplied.
 //!
 //! A write is read into memory when it is small (up to [`REPLAY_LIMIT`]) or when the gate
-//! is closed and it must be held. Its answer is read before it is passed on, so that a
-//! refusal by a cluster that is no longer primary (`STREAMING_CODE_REPLICATE_VIOLATION`,
-//! `cluster is not primary`) can be held, the roles rediscovered, and the write sent to the
-//! real primary: Milvus refuses such writes before they reach its WAL, so nothing was
-//! applied. Any other failure after sending is reported, never retried.
+//! is closed and it must be held (its bytes reserved from `max_held_bytes` before they are
+//! read). Its answer is read before it is passed on, so that:
+//! - a refusal by a cluster that is no longer primary (Milvus's exact standby refusals, see
+//!   [`reply::is_not_primary`]) can be held, the roles rediscovered, and the write sent to the
+//!   real primary: Milvus refuses such writes before they reach its WAL, so nothing was
+//!   applied;
+//! - an acknowledgement from a cluster a failover has fenced in the meantime is not passed on
+//!   as a success: the promoted cluster does not have that write, so the client is told the
+//!   outcome is unknown ([`ProxyError::FencedAck`]) and the failover's report counts it.
+//!
+//! Any other failure after sending is reported, never retried.
+//!
+//! # Counting writes in flight for a drain
+//!
+//! A switchover closes the gate and then waits until no write is in flight. A buffered write
+//! is counted before it looks at the gate. A streamed write (larger than [`REPLAY_LIMIT`],
+//! still arriving) is counted only when its message is complete
+//! ([`RequestBody::count_when_complete`]): until then the cluster cannot have applied it, so a
+//! drain need not wait for a client that sends slowly, or never finishes; if the gate has
+//! closed by then, the body is cut and the write answered "not sent".
 
 use std::sync::Arc;
 
@@ -39,6 +54,7 @@ pub(super) async fn write(
     let control = &proxy.control;
     let gate = &control.gate;
     let replayable = body.buffer_up_to(REPLAY_LIMIT).await?;
+    let abort = body.abort_slot();
     let mut body = Some(body);
     let mut refusals = 0;
     loop {
@@ -51,9 +67,7 @@ pub(super) async fn write(
             drop(writing);
             let mut held = gate.reserve()?;
             let b = body.as_mut().ok_or_else(|| ProxyError::BadBody("write body already sent".into()))?;
-            let room = held.room() as usize;
-            b.buffer_all(room).await?;
-            held.add_bytes(b.buffered_len() as u64)?;
+            b.buffer_all_reserved(&mut held).await?;
             gate.wait_open(&held).await?;
             // The gate may have closed again already: look again, counted this time.
             continue;
@@ -62,30 +76,32 @@ pub(super) async fn write(
         // swap (the table of the request's start may predate a whole switchover).
         let table = control.routing().load_full();
         let primary = write_target(&table)?;
-        let send_body = if replayable || body.as_ref().is_some_and(RequestBody::is_buffered) {
-            body.as_ref().and_then(RequestBody::clone_buffered)
+        let buffered = replayable || body.as_ref().is_some_and(RequestBody::is_buffered);
+        let mut send_body = if buffered { body.as_ref().and_then(RequestBody::clone_buffered) } else { body.take() }
+            .ok_or_else(|| ProxyError::BadBody("write body already sent".into()))?;
+        // A streamed write whose message is still arriving is counted by its body, when the
+        // message completes (see the module doc); until then it is not in flight.
+        let (_writing, _late_count) = if buffered || send_body.first_complete() {
+            (Some(writing), None)
         } else {
-            body.take()
+            drop(writing);
+            (None, Some(send_body.count_when_complete(gate.clone())))
         };
-        let send_body = send_body.ok_or_else(|| ProxyError::BadBody("write body already sent".into()))?;
         let mut req = Request::from_parts(parts.clone(), b::boxed(send_body));
         super::strip_foreign_identifier(&mut req, &table, &primary);
 
         tracing::Span::current().record("upstream.cluster", &*primary.id);
         let in_flight = InFlight::new(primary.clone());
-        let _writing = writing;
         call.sending_to(&primary);
         let resp = match primary.upstream.send(req).await {
             Ok(r) => r,
-            Err(e @ SendError::NotSent(..)) | Err(e @ SendError::Sent(_)) => {
-                return Err(proxy.send_error(&primary, e));
-            }
+            Err(e) => return Err(super::cut_reason(&abort).unwrap_or_else(|| proxy.send_error(&primary, e))),
         };
         primary.signals.transport_ok();
         let mut outcome = Outcome::new(in_flight, call.label, call.start);
         let (rparts, incoming) = resp.into_parts();
         if let Some(st) = crate::grpc::GrpcStatus::from_headers(&rparts.headers) {
-            // Trailers-only: a gRPC error from the cluster; nothing to read.
+            // Trailers-only: a gRPC error from the cluster; nothing to read, nothing applied.
             outcome.finish_trailers_only(st.code);
             return Ok(Response::from_parts(rparts, b::boxed(ResponseBody::new(incoming, outcome))));
         }
@@ -110,6 +126,13 @@ pub(super) async fn write(
             drop(outcome);
             continue;
         }
+        if fenced_since_sent(&primary, control) {
+            // Whatever it answered, the promoted cluster does not have this write.
+            primary.signals.late_acks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(cluster = %primary.id, "write answered by a cluster fenced after it was sent");
+            drop(outcome);
+            return Err(ProxyError::FencedAck { cluster: primary.id.to_string() });
+        }
         if status.as_ref().is_some_and(|s| s.code == 0 && s.error_code == 0) {
             acknowledged(proxy, &primary, call, &buffered, body.as_ref(), &parts, conn);
         }
@@ -118,6 +141,12 @@ pub(super) async fn write(
             b::boxed(ResponseBody::replay(buffered.frames, buffered.rest, outcome)),
         ));
     }
+}
+
+/// Whether a failover has fenced `cluster` (decided, or already in the routing table)
+/// while a write to it was on its way.
+fn fenced_since_sent(cluster: &Cluster, control: &crate::control::Control) -> bool {
+    cluster.signals.is_fenced() || control.routing().load().is_fenced(&cluster.id)
 }
 
 /// Learns from an acknowledged write: the primary's timestamp (lag, read-your-writes) and

@@ -102,6 +102,11 @@ pub struct Signals {
     pub kick: tokio::sync::Notify,
     /// Newest source timestamp this standby has applied (0: unknown), from the monitor.
     pub checkpoint: AtomicU64,
+    /// A failover has decided to fence this cluster: from that moment no answer of its to a
+    /// write is passed on as a success (the new primary will not have that write).
+    pub fenced: std::sync::atomic::AtomicBool,
+    /// Writes this cluster acknowledged after it was fenced (answered as outcome unknown).
+    pub late_acks: AtomicU64,
     // Recent acknowledged writes `(timestamp, rows)`, newest last, bounded; for the data
     // loss report of a failover. Short sections only.
     recent: std::sync::Mutex<std::collections::VecDeque<(u64, u64)>>,
@@ -117,6 +122,21 @@ pub fn origin() -> std::time::Instant {
 }
 
 impl Signals {
+    /// A failover decided to fence this cluster.
+    pub fn fence(&self) {
+        self.fenced.store(true, Ordering::SeqCst);
+    }
+
+    /// Readmitted: its answers count again.
+    pub fn unfence(&self) {
+        self.fenced.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether a failover has fenced this cluster.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::SeqCst)
+    }
+
     /// Records an acknowledged write with the primary's timestamp.
     pub fn write_acked(&self, tick: u64) {
         if tick == 0 {

@@ -6,7 +6,6 @@
 //! or a response's `common.Status` (field 1) — work on the raw protobuf bytes, keeping every
 //! other field byte for byte.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -156,18 +155,7 @@ pub(crate) fn failed_status(reason: impl Into<String>) -> Status {
 
 /// Encodes a response message holding `status`, in the shape `reply` names.
 pub(crate) fn reply_with_status(reply: Reply, status: &Status) -> Option<Bytes> {
-    match reply {
-        Reply::Status => Some(Bytes::from(status.encode_to_vec())),
-        Reply::Wrapped => {
-            let inner = status.encode_to_vec();
-            let mut out = BytesMut::with_capacity(inner.len() + 6);
-            put_varint(&mut out, (1 << 3) | 2);
-            put_varint(&mut out, inner.len() as u64);
-            out.put_slice(&inner);
-            Some(out.freeze())
-        }
-        Reply::Other => None,
-    }
+    crate::error::reply_with_status(reply, status)
 }
 
 /// The unframed message of a complete unary gRPC body; `None` unless it is exactly one
@@ -217,24 +205,7 @@ pub(crate) fn grpc_error(code: Code, message: impl Into<String>) -> Response<Bod
 
 /// A body made of fixed frames (data, then trailers).
 pub(crate) fn frames_body(frames: Vec<Frame<Bytes>>) -> Body {
-    body::boxed(Frames { frames: frames.into() })
-}
-
-struct Frames {
-    frames: VecDeque<Frame<Bytes>>,
-}
-
-impl http_body::Body for Frames {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Poll::Ready(self.frames.pop_front().map(Ok))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.frames.is_empty()
-    }
+    body::frames(frames)
 }
 
 /// A body fed frame by frame through a channel; it ends when every sender is dropped.

@@ -28,11 +28,8 @@ use crate::grpc::{Code, GrpcStatus};
 use crate::method::{Kind, Method, Reply, WriteClass};
 use crate::proto::common::{ErrorCode, Status};
 
-/// The reason a DML write gets on a secondary.
-pub(crate) const DML_ON_SECONDARY: &str =
-    "code: STREAMING_CODE_REPLICATE_VIOLATION, cause: non-replicate message cannot be received in secondary role";
-/// The reason a DDL or DCL write gets on a secondary.
-pub(crate) const DDL_ON_SECONDARY: &str = "cluster is not primary, cannot do any DDL/DCL";
+/// The reasons a write gets on a secondary: Milvus's own texts, shared with the proxy that matches them.
+pub(crate) use crate::proxy::reply::{DDL_NOT_PRIMARY as DDL_ON_SECONDARY, DML_NOT_PRIMARY as DML_ON_SECONDARY};
 
 /// Handles a client write (`method` is `None` for a path outside the table).
 pub(crate) async fn handle(

@@ -63,6 +63,11 @@ pub struct JobRecord {
     /// (counted from the writes switchyard saw; `None` when unknown).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub possible_loss_rows: Option<u64>,
+    /// Failover only: writes the old primary acknowledged after the failover had decided to
+    /// fence it, up to the end of the job. Their clients were told the outcome is unknown
+    /// (`DEADLINE_EXCEEDED`), because the promoted cluster does not have them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub late_acks: Option<u64>,
 }
 
 fn unix_ms() -> u64 {
@@ -168,6 +173,7 @@ impl Jobs {
             longest_hold_ms: 0.0,
             possible_loss_ms: None,
             possible_loss_rows: None,
+            late_acks: None,
         };
         let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
         list.push(rec);

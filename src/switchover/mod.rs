@@ -133,6 +133,7 @@ impl Orchestrator {
         let mut t = c.topology();
         t.fenced.retain(|f| f != id);
         t.rebuild.retain(|f| f != id);
+        cluster.signals.unfence();
         if !t.standbys.iter().any(|s| s == id) && t.primary.as_deref() != Some(id) {
             t.standbys.push(id.to_string());
         }
