@@ -128,7 +128,7 @@ pub(super) async fn write(
         }
         if fenced_since_sent(&primary, control) {
             // Whatever it answered, the promoted cluster does not have this write.
-            primary.signals.late_acks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            primary.signals.late_ack();
             tracing::warn!(cluster = %primary.id, "write answered by a cluster fenced after it was sent");
             drop(outcome);
             return Err(ProxyError::FencedAck { cluster: primary.id.to_string() });

@@ -107,6 +107,8 @@ pub struct Signals {
     pub fenced: std::sync::atomic::AtomicBool,
     /// Writes this cluster acknowledged after it was fenced (answered as outcome unknown).
     pub late_acks: AtomicU64,
+    /// The counter of the failover job that fenced it, which its report shows. Short sections.
+    late_ack_sink: std::sync::Mutex<Option<std::sync::Arc<AtomicU64>>>,
     // Recent acknowledged writes `(timestamp, rows)`, newest last, bounded; for the data
     // loss report of a failover. Short sections only.
     recent: std::sync::Mutex<std::collections::VecDeque<(u64, u64)>>,
@@ -122,9 +124,19 @@ pub fn origin() -> std::time::Instant {
 }
 
 impl Signals {
-    /// A failover decided to fence this cluster.
-    pub fn fence(&self) {
+    /// A failover decided to fence this cluster; late acknowledgements are also counted in
+    /// `report` (the job's).
+    pub fn fence(&self, report: std::sync::Arc<AtomicU64>) {
+        *self.late_ack_sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
         self.fenced.store(true, Ordering::SeqCst);
+    }
+
+    /// Counts a write this cluster acknowledged after it was fenced.
+    pub fn late_ack(&self) {
+        self.late_acks.fetch_add(1, Ordering::Relaxed);
+        if let Some(report) = self.late_ack_sink.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            report.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Readmitted: its answers count again.

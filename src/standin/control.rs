@@ -8,6 +8,7 @@
 //! | `POST /fault/freeze` · `/thaw` | requests are held unanswered / released |
 //! | `POST /fault/down` · `/up` | the gRPC listener and its connections close / the same address is bound again |
 //! | `POST /fault/latency?ms=N` | N ms added to every client request |
+//! | `POST /fault/lose-answers?n=N` | the next N client writes are applied and logged, then their stream is reset: the answer is lost |
 //! | `GET /state` | role, configuration, pending configuration, log length, checkpoints, counters, faults |
 //! | `GET /metrics` | `milvus_wal_last_confirmed_time_tick`, `milvus_cdc_last_replicated_time_tick` |
 //!
@@ -54,6 +55,7 @@ pub(crate) fn router(core: Arc<Core>, listener: watch::Receiver<ListenerState>, 
         .route("/fault/freeze", fault(|f| f.frozen = true))
         .route("/fault/thaw", fault(|f| f.frozen = false))
         .route("/fault/latency", any(latency))
+        .route("/fault/lose-answers", any(lose_answers))
         .route("/fault/down", any(|s: State<Ctl>| updown(s, true)))
         .route("/fault/up", any(|s: State<Ctl>| updown(s, false)))
         .route("/state", get(state))
@@ -72,6 +74,15 @@ async fn delay(State(c): State<Ctl>, Query(q): Query<Ms>) -> impl IntoResponse {
 
 async fn latency(State(c): State<Ctl>, Query(q): Query<Ms>) -> impl IntoResponse {
     axum::Json(c.core.faults.update(|f| f.latency_ms = q.ms))
+}
+
+#[derive(Debug, Deserialize)]
+struct Count {
+    n: u64,
+}
+
+async fn lose_answers(State(c): State<Ctl>, Query(q): Query<Count>) -> impl IntoResponse {
+    axum::Json(c.core.faults.update(|f| f.lose_answers = q.n))
 }
 
 async fn updown(State(c): State<Ctl>, down: bool) -> Response {

@@ -27,6 +27,9 @@ pub(crate) struct FaultState {
     pub(crate) replication_paused: bool,
     /// A message is sent no sooner than this long after it was written.
     pub(crate) replication_delay_ms: u64,
+    /// The next this many client writes are applied and logged, then their answer is lost
+    /// (the stream is reset): the client cannot know they were applied.
+    pub(crate) lose_answers: u64,
 }
 
 /// The faults, with change notification.
@@ -55,6 +58,17 @@ impl Faults {
     /// A receiver that sees every change.
     pub(crate) fn watch(&self) -> watch::Receiver<FaultState> {
         self.tx.subscribe()
+    }
+
+    /// Whether this applied write's answer is to be lost (and counts it).
+    pub(crate) fn take_lost_answer(&self) -> bool {
+        let mut lost = false;
+        self.tx.send_if_modified(|f| {
+            lost = f.lose_answers > 0;
+            f.lose_answers = f.lose_answers.saturating_sub(1);
+            lost
+        });
+        lost
     }
 
     /// Waits while the stand-in is frozen.

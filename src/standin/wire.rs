@@ -261,3 +261,16 @@ mod tests {
         assert!(fields(&[0x0b]).is_none());
     }
 }
+
+/// A body that fails at once: the server resets the stream, so the answer never arrives.
+pub(crate) fn broken_body() -> Body {
+    struct Broken;
+    impl http_body::Body for Broken {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(Some(Err("milvus-standin: answer lost (fault)".into())))
+        }
+    }
+    body::boxed(Broken)
+}

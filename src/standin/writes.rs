@@ -94,6 +94,10 @@ pub(crate) async fn handle(
                 );
             }
         };
+        if core.faults.take_lost_answer() {
+            tracing::info!(method = %rpc, tick, "write applied and logged; its answer is lost (fault)");
+            return Response::from_parts(parts, wire::broken_body());
+        }
         if matches!(rpc.as_str(), "Insert" | "Upsert" | "Delete")
             && let Some(out) = msg.as_deref().and_then(|m| wire::set_varint_field(m, 9, tick))
         {

@@ -66,10 +66,11 @@ pub async fn run(c: &Control, mut log: JobLog, plan: FailoverPlan) {
 
     // Decided: from here on, an answer of the old primary to a write that was already on its
     // way is not a success for the client (the promoted cluster will not have it).
-    let late_before = plan.from.as_deref().and_then(|a| c.cluster(a)).map(|a| {
-        a.signals.fence();
-        a.signals.late_acks.load(std::sync::atomic::Ordering::Relaxed)
-    });
+    if let Some(a) = plan.from.as_deref().and_then(|a| c.cluster(a)) {
+        let report = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        a.signals.fence(report.clone());
+        log.edit(|j| j.late_acks = Some(report));
+    }
     log.step("hold writes");
     c.gate.hold(HoldKey::Failover, format!("failover to {target}"));
     c.set_state(ProxyState::FailingOver);
@@ -140,16 +141,9 @@ pub async fn run(c: &Control, mut log: JobLog, plan: FailoverPlan) {
     let held = c.gate.held_total.load(std::sync::atomic::Ordering::Relaxed) - held_before;
     super::run::settle(c).await;
     log.done(format!("{held} held writes released to {target}"));
-    let late = plan
-        .from
-        .as_deref()
-        .and_then(|a| c.cluster(a))
-        .zip(late_before)
-        .map(|(a, before)| a.signals.late_acks.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(before));
     log.edit(|j| {
         j.held_writes = held;
         j.longest_hold_ms = c.gate.longest_hold_us.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e3;
-        j.late_acks = late;
     });
     c.count_change(ChangeKind::Failover, ChangeResult::Succeeded);
     log.finish(JobState::Succeeded, None);

@@ -64,10 +64,18 @@ pub struct JobRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub possible_loss_rows: Option<u64>,
     /// Failover only: writes the old primary acknowledged after the failover had decided to
-    /// fence it, up to the end of the job. Their clients were told the outcome is unknown
-    /// (`DEADLINE_EXCEEDED`), because the promoted cluster does not have them.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub late_acks: Option<u64>,
+    /// fence it. Their clients were told the outcome is unknown (`DEADLINE_EXCEEDED`), because
+    /// the promoted cluster does not have them. Live: writes in flight to the old primary may
+    /// be answered after the job has ended.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "counter")]
+    pub late_acks: Option<Arc<std::sync::atomic::AtomicU64>>,
+}
+
+fn counter<S: serde::Serializer>(c: &Option<Arc<std::sync::atomic::AtomicU64>>, s: S) -> Result<S::Ok, S::Error> {
+    match c {
+        Some(c) => s.serialize_u64(c.load(std::sync::atomic::Ordering::Relaxed)),
+        None => s.serialize_none(),
+    }
 }
 
 fn unix_ms() -> u64 {

@@ -5,6 +5,26 @@
 //! them round-robin. A connection that fails is replaced on the next call that picks its
 //! slot. [`Upstream::send`] tells apart a request that never left switchyard (safe to send
 //! elsewhere) from one that may have reached the cluster (never retried).
+//!
+//! # Slow readers cost only themselves
+//!
+//! Calls of many clients share these connections, and a response body is pulled from the
+//! cluster only as fast as its client reads it. In HTTP/2 a DATA frame is charged to both the
+//! stream's and the connection's receive window until it is consumed, so with a connection
+//! window of a few stream windows, a handful of clients that never read their (large) answers
+//! would exhaust it and stall every call on the connection, writes included (measured before
+//! this change: 8 unread 3 MiB Strong queries stalled another client's insert for as long as
+//! they stayed open).
+//!
+//! Envoy bounds what one stream may buffer (its watermark buffers, sized by
+//! `initial_stream_window_size` and `per_connection_buffer_limit_bytes`) and pushes back on
+//! that stream alone by withholding its stream window. The `h2` crate under hyper releases
+//! connection capacity only when data is consumed, so switchyard gets the same per-stream
+//! push-back by setting the upstream connection window to the protocol's maximum: a stalled
+//! stream then holds at most its own stream window (4 MiB) of switchyard's memory and of the
+//! connection's window, never the rest of the connection's calls. The cost is bounded by the
+//! streams whose clients are not reading, each at most one stream window; a client that
+//! stalls is the one holding it, and closing its connection frees it.
 
 mod connect;
 
@@ -19,6 +39,9 @@ use hyper::client::conn::http2::SendRequest;
 
 use crate::body::Body;
 pub use connect::TlsSettings;
+
+/// The largest HTTP/2 flow-control window (2^31 - 1).
+pub const MAX_WINDOW: u32 = (1 << 31) - 1;
 
 /// How an upstream's connections are made.
 #[derive(Debug, Clone)]
@@ -41,9 +64,8 @@ impl Default for UpstreamSettings {
             connections: 2,
             connect_timeout: Duration::from_secs(2),
             stream_window: 4 << 20,
-            // Bounds what one connection can hold in switchyard at once, whatever its
-            // stream count: at 16 MiB, eight concurrent 8 MiB inserts took RSS past 64 MiB.
-            connection_window: 8 << 20,
+            // No connection-level limit: see "Slow readers" in the module doc.
+            connection_window: MAX_WINDOW,
             keepalive: Some(Duration::from_secs(20)),
         }
     }

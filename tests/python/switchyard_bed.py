@@ -345,6 +345,18 @@ class Raw:
         self.channel.close()
 
 
+def rate_limited(code, details, resp) -> str:
+    """The reason of switchyard's "not sent, safe to retry" answer: a successful gRPC call whose
+    reply carries a Milvus ``RateLimit`` status (code 8, legacy error_code 49), which the SDKs
+    retry with backoff without resetting their channel. Fails on any other answer."""
+    import grpc
+
+    assert code == grpc.StatusCode.OK and resp is not None, (code, details, resp)
+    st = resp.status if hasattr(resp, "status") else resp
+    assert (st.code, st.error_code) == (8, 49), (code, details, resp)
+    return st.reason
+
+
 def pb():
     """``(milvus_pb2, common_pb2)`` of the installed pymilvus."""
     from pymilvus.grpc_gen import common_pb2, milvus_pb2
