@@ -137,6 +137,7 @@ pub(super) async fn clusters(State(s): State<AdminState>, headers: HeaderMap) ->
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct SwitchoverBody {
     target: String,
     expected_primary: Option<String>,
@@ -155,6 +156,7 @@ pub(super) async fn switchover(
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)] // a misspelt `target` must not mean "any standby"
 pub(super) struct TargetBody {
     target: Option<String>,
 }
@@ -202,6 +204,7 @@ pub(super) async fn job(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct PauseBody {
     timeout: String,
 }
@@ -212,12 +215,17 @@ pub(super) async fn pause(
     Json(b): Json<PauseBody>,
 ) -> Result<Json<Value>> {
     authorize(&s, &headers)?;
-    let d = parse_duration(&b.timeout).map_err(|e| AdminError(StatusCode::BAD_REQUEST, "bad_request", e))?;
-    if d.is_zero() || d > Duration::from_secs(24 * 3600) {
+    let st: ProxyState = s.orch.pause_writes(pause_timeout(&b.timeout)?).await;
+    Ok(Json(json!({"state": st.as_str()})))
+}
+
+/// A pause's `timeout`: a duration from 1ms to 24h.
+fn pause_timeout(timeout: &str) -> Result<Duration> {
+    let d = parse_duration(timeout).map_err(|e| AdminError(StatusCode::BAD_REQUEST, "bad_request", e))?;
+    if d < Duration::from_millis(1) || d > Duration::from_secs(24 * 3600) {
         return Err(AdminError(StatusCode::BAD_REQUEST, "bad_request", "timeout must be between 1ms and 24h".into()));
     }
-    let st: ProxyState = s.orch.pause_writes(d).await;
-    Ok(Json(json!({"state": st.as_str()})))
+    Ok(d)
 }
 
 pub(super) async fn resume(State(s): State<AdminState>, headers: HeaderMap) -> Result<Json<Value>> {
@@ -285,3 +293,6 @@ pub(super) async fn sdk_topology(State(s): State<AdminState>) -> Response {
         .collect();
     Json(json!({"code": 0, "data": {"version": t.epoch.to_string(), "clusters": clusters}})).into_response()
 }
+
+#[cfg(test)]
+mod fuzz;

@@ -24,7 +24,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("{s:?} is not a valid duration"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    // from_secs_f64 panics past u64::MAX seconds ("307445734561825825m").
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is too long"))
 }
 
 /// Parses `256MiB`, `64KiB`, `1GiB`, `1000000` (bytes), `10MB`.
@@ -63,6 +64,7 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("10x").is_err());
+        assert!(parse_duration("307445734561825825m").is_err());
     }
 
     #[test]

@@ -227,7 +227,9 @@ fn validate_clusters(c: &mut Checker, raw: &RawConfig) -> Vec<ClusterConfig> {
             _ => c.problems.push(format!("{}: {uri:?} must be http://host:port or https://host:port", at("uri"))),
         }
         if !uri.is_empty() && !uris.insert(uri.clone()) {
-            c.problems.push(format!("{}: {uri:?} is used twice", at("uri")));
+            // A uri with credentials was refused just above; its password is not repeated here.
+            let shown = if has_userinfo(&uri) { String::new() } else { format!("{uri:?} ") };
+            c.problems.push(format!("{}: {shown}is used twice", at("uri")));
         }
         let pchannels = match &rc.pchannels {
             None => {
@@ -396,6 +398,12 @@ pchannels = 3
             assert!(!all.contains("S3cret"), "{all}");
         }
         assert!(Config::from_toml(&GOOD.replace("127.0.0.1:1", "127.0.0.1:1/p?q=a@b"), Path::new(".")).is_ok());
+        // Found by tests/fuzz.rs: the same uri twice was quoted in "is used twice".
+        let twice = GOOD
+            .replace("http://127.0.0.1:1", "https://S3cret@h:1")
+            .replace("http://127.0.0.1:2", "https://S3cret@h:1");
+        let all = Config::from_toml(&twice, Path::new(".")).unwrap_err().problems.join("\n");
+        assert!(all.contains("clusters[1].uri: is used twice") && !all.contains("S3cret"), "{all}");
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub enum FrameError {
     Decode(String),
 }
 
+/// The most [`FrameDecoder`] reserves ahead of the bytes that have arrived.
+const MAX_RESERVE: usize = 64 << 10;
+
 /// Reassembles gRPC frames from body chunks of any size.
 #[derive(Debug)]
 pub struct FrameDecoder {
@@ -79,7 +82,9 @@ impl FrameDecoder {
             return Err(FrameError::TooLarge { len, limit: self.limit });
         }
         if self.buf.len() < HEADER_LEN + len {
-            self.buf.reserve(HEADER_LEN + len - self.buf.len());
+            // The length is the peer's claim (up to 4 GiB under a `usize::MAX` limit): reserve
+            // a bounded step, not the claim; the buffer grows by doubling as bytes arrive.
+            self.buf.reserve((HEADER_LEN + len - self.buf.len()).min(MAX_RESERVE));
             return Ok(None);
         }
         self.buf.advance(HEADER_LEN);
@@ -135,5 +140,29 @@ mod tests {
         let mut dec = FrameDecoder::new(4);
         dec.push(&[1, 0, 0, 0, 1]);
         assert_eq!(dec.next_message(), Err(FrameError::Compressed(1)));
+    }
+
+    /// Found by tests/fuzz.rs: a 5-byte header claiming 4 GiB made the decoder reserve 4 GiB.
+    #[test]
+    fn fuzz_declared_length_reserves_nothing_proportional_to_it() {
+        use proptest::prelude::*;
+        let cases = std::env::var("SWITCHYARD_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+        let config = proptest::test_runner::Config { cases, failure_persistence: None, ..Default::default() };
+        let mut runner = proptest::test_runner::TestRunner::new(config);
+        let case = (any::<u32>(), prop_oneof![Just(usize::MAX), 0usize..=(64 << 20)], 0usize..64);
+        runner
+            .run(&case, |(len, limit, extra)| {
+                let mut dec = FrameDecoder::new(limit);
+                dec.push(&[&[0u8][..], &len.to_be_bytes(), &vec![7; extra]].concat());
+                let got = dec.next_message();
+                if len as usize > limit {
+                    prop_assert_eq!(got, Err(FrameError::TooLarge { len: len as usize, limit }));
+                } else if extra < len as usize {
+                    prop_assert_eq!(got, Ok(None));
+                }
+                prop_assert!(dec.buf.capacity() <= HEADER_LEN + extra + MAX_RESERVE, "{}", dec.buf.capacity());
+                Ok(())
+            })
+            .unwrap();
     }
 }
