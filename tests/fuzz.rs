@@ -351,7 +351,7 @@ fn peek_round_trips_the_routing_fields() {
         let want = ReadFields {
             db_name: db,
             collection: coll,
-            level: ConsistencyLevel::try_from(level).unwrap_or(ConsistencyLevel::Bounded),
+            level: ConsistencyLevel::try_from(level).unwrap_or(ConsistencyLevel::Strong),
             use_default,
         };
         prop_assert_eq!(read::decode(method, first.unwrap_or_default()), Some(want));
