@@ -138,6 +138,7 @@ fn acknowledged(
             primary.signals.rows_acked(tick, rows);
             if let Some((db, coll)) = body.and_then(|b| b.first_message()).and_then(target_collection) {
                 let db = super::db_of(parts, Some(&db));
+                primary.signals.collection_write_acked(&db, &coll, tick);
                 conn.writes.note((db, coll), tick);
             }
         }
