@@ -59,6 +59,24 @@ pub fn standby_lag(owed: Option<&Owed>, checkpoints: &[Option<u64>], now_us: u64
     Some(worst)
 }
 
+/// Whether a standby's checkpoints prove it is not missing older writes switchyard never saw
+/// (from before a restart, or before it was added): on every pchannel owed a write, some
+/// write switchyard saw acknowledged there has been applied. Replication is in order per
+/// pchannel, so everything before that write is applied too; a lag measured only against the
+/// unapplied writes switchyard saw is otherwise a lower bound, not the lag. Pchannels owed
+/// nothing need no proof (nothing is known about them either way).
+pub fn proven(owed: Option<&Owed>, checkpoints: &[Option<u64>]) -> bool {
+    let Some(owed) = owed else { return false };
+    owed.per_pchannel.iter().enumerate().all(|(i, marks)| {
+        let settled = owed.settled.get(i).copied().flatten();
+        if settled.is_none() && marks.iter().all(Marks::is_empty) {
+            return true;
+        }
+        let Some(cp) = checkpoints.get(i).copied().flatten() else { return false };
+        settled.is_some_and(|s| s.tick <= cp) || marks.iter().any(|m| m.applied_any(cp))
+    })
+}
+
 /// Whether a standby may serve bounded reads, with hysteresis: it stops above `max` and
 /// comes back only below half of it, so a lag hovering at the bound does not flap.
 /// An unknown lag is never within.
@@ -153,6 +171,19 @@ mod tests {
         assert_eq!(standby_lag(l.owed(2).as_ref(), &[Some(1000), Some(1)], 5000 * MS), Some(Duration::ZERO));
         assert_eq!(standby_lag(l.owed(2).as_ref(), &[Some(999), Some(1)], 5000 * MS), Some(Duration::from_secs(5)));
         assert_eq!(standby_lag(l.owed(2).as_ref(), &[None, Some(1)], 5000 * MS), None);
+    }
+
+    #[test]
+    fn a_nonzero_lag_from_unknown_is_not_proof() {
+        // After a restart, one write switchyard saw, not applied: its age is only a lower bound.
+        let l = ledger(&[("a", 0, 1000, 0)]);
+        assert!(!proven(l.owed(2).as_ref(), &[Some(900), None]));
+        // Applied: everything before it on that pchannel is too.
+        assert!(proven(l.owed(2).as_ref(), &[Some(1000), None]));
+        l.pending(2000, 1000 * MS);
+        l.collection("default", "a", 2000);
+        assert!(proven(l.owed(2).as_ref(), &[Some(1500), None]));
+        assert!(!proven(None, &[Some(1500), None]));
     }
 
     #[test]

@@ -38,7 +38,10 @@
 //!
 //! Unknown is unsafe: `lag_ok` starts false (a new, restarted or reloaded-in standby serves
 //! no Bounded reads until a probe shows it caught up), and it is false whenever the lag is
-//! unknown: no write acknowledged since switchyard started, `GetReplicateInfo` failing, or no
+//! unknown. A standby out of rotation comes back only within half the bound and with proof
+//! ([`lag::proven`]): on each pchannel owed a write, one write switchyard saw acknowledged is
+//! applied, so it is missing nothing older that switchyard never saw (writes before a
+//! restart). The lag is unknown when: no write acknowledged since switchyard started, `GetReplicateInfo` failing, or no
 //! checkpoint on a pchannel owed a write. Bounded reads then go to the primary (the
 //! `Standbys` read target falls back to it). Read-your-writes ([`applied`]) asks, per
 //! collection, for the checkpoint on each of the collection's pchannels (every pchannel while
@@ -301,7 +304,9 @@ fn apply(
                 cluster.signals.set_applied(cps.clone().into());
                 let owed = p.signals.ledger.owed(p.config.pchannels.len());
                 let l = lag::standby_lag(owed.as_ref(), &cps, writes::now_us());
-                view.lag_ok = lag::within_bound(view.lag_ok, l, s.max_read_lag);
+                // Back in (or in for the first time) only with proof it misses nothing older.
+                let proven = view.lag_ok || lag::proven(owed.as_ref(), &cps);
+                view.lag_ok = proven && lag::within_bound(view.lag_ok, l, s.max_read_lag);
                 view.lag = l;
                 prune(&p, &table.standbys);
             }

@@ -83,6 +83,11 @@ impl Marks {
         self.0.iter().find(|m| m.tick > applied).copied()
     }
 
+    /// Whether a checkpoint at `applied` covers any of these writes.
+    pub fn applied_any(&self, applied: u64) -> bool {
+        self.0.iter().any(|m| m.tick <= applied)
+    }
+
     /// Drops what a checkpoint at `applied` covers; returns the newest dropped.
     pub fn prune(&mut self, applied: u64) -> Option<Mark> {
         let mut newest: Option<Mark> = None;
