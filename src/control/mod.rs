@@ -430,27 +430,22 @@ fn build_clusters(config: &Config, old: &[Arc<Cluster>]) -> Result<Vec<Arc<Clust
 }
 
 /// Standbys that serve reads: up and within the lag bound; if fewer than `min` do, the
-/// least-lagging up ones are kept too.
+/// least-lagging up ones whose lag is known are kept too. Unknown is unsafe: a standby not
+/// probed yet (just started, or just added by a reload) or whose lag is unknown serves none.
 fn serving_standbys(topology: &Topology, views: &HashMap<String, ClusterView>, min: usize) -> Vec<String> {
     let candidates: Vec<(&String, &ClusterView)> = topology
         .standbys
         .iter()
         .filter(|s| topology.is_serving_standby(s))
         .filter_map(|s| views.get(s).map(|v| (s, v)))
-        .filter(|(_, v)| v.up || !v.probed)
+        .filter(|(_, v)| v.up)
         .collect();
     let mut serving: Vec<String> = candidates.iter().filter(|(_, v)| v.lag_ok).map(|(s, _)| (*s).clone()).collect();
     if serving.len() < min {
-        let mut lagging: Vec<_> = candidates.iter().filter(|(_, v)| !v.lag_ok).collect();
+        let mut lagging: Vec<_> = candidates.iter().filter(|(_, v)| !v.lag_ok && v.lag.is_some()).collect();
         lagging.sort_by_key(|(_, v)| v.lag);
         for (s, _) in lagging.into_iter().take(min - serving.len()) {
             serving.push((*s).clone());
-        }
-    }
-    // Clusters without a health task yet (just added) serve until probed.
-    for s in &topology.standbys {
-        if topology.is_serving_standby(s) && !views.contains_key(s) && !serving.contains(s) {
-            serving.push(s.clone());
         }
     }
     serving

@@ -1,13 +1,16 @@
 //! Active probes of one cluster: `CheckHealth` (or `GetVersion` where it is not
-//! implemented) and, on standbys, the replication checkpoints (`GetReplicateInfo`).
+//! implemented) and, on standbys, the replication checkpoint of each pchannel
+//! (`GetReplicateInfo`); on the primary, the pchannels of written collections
+//! (`DescribeCollection`).
 
 use std::time::Duration;
 
+use super::writes::{CollectionKey, Resolution};
 use crate::grpc::Code;
 use crate::grpc::client::{CallError, CallOptions, unary};
 use crate::proto::milvus::{
-    CheckHealthRequest, CheckHealthResponse, GetReplicateInfoRequest, GetReplicateInfoResponse, GetVersionRequest,
-    GetVersionResponse,
+    CheckHealthRequest, CheckHealthResponse, DescribeCollectionRequest, DescribeCollectionResponse,
+    GetReplicateInfoRequest, GetReplicateInfoResponse, GetVersionRequest, GetVersionResponse,
 };
 use crate::routing::Cluster;
 
@@ -31,26 +34,55 @@ pub async fn health(cluster: &Cluster, timeout: Duration) -> Result<(), String> 
     }
 }
 
-/// The newest source timestamp a standby has applied from `source`, over all its pchannels.
-/// `Ok(None)`: the cluster has nothing from that source. `Err`: checkpoints unavailable
-/// (no CDC support, or the call failed).
-pub async fn checkpoint(cluster: &Cluster, source: &str, timeout: Duration) -> Result<Option<u64>, String> {
+/// A standby's checkpoint from `source` on each of its pchannels, in its configured order
+/// (`None`: none reported there). Each pchannel's value is kept, never folded into a max:
+/// the newest over pchannels hides one that is stuck (Milvus #53382, #52727). `Err`:
+/// checkpoints unavailable (no CDC support, or a call failed).
+pub async fn checkpoints(cluster: &Cluster, source: &str, timeout: Duration) -> Result<Vec<Option<u64>>, String> {
     let opts = CallOptions::timeout(timeout).with_token(cluster.token());
     let calls = cluster.config.pchannels.iter().map(|pch| {
         let req = GetReplicateInfoRequest { source_cluster_id: source.to_string(), target_pchannel: pch.clone() };
         let opts = opts.clone();
         async move { unary::<_, GetReplicateInfoResponse>(&cluster.upstream, "GetReplicateInfo", &req, &opts).await }
     });
-    let mut best: Option<u64> = None;
-    for r in futures_util::future::join_all(calls).await {
-        match r {
-            Ok(resp) => {
-                if let Some(cp) = resp.checkpoint {
-                    best = Some(best.map_or(cp.time_tick, |b: u64| b.max(cp.time_tick)));
+    futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| match r {
+            Ok(resp) => Ok(resp.checkpoint.map(|cp| cp.time_tick).filter(|t| *t != 0)),
+            Err(e) => Err(format!("GetReplicateInfo: {e}")),
+        })
+        .collect()
+}
+
+/// A collection's pchannels on `primary`, from `DescribeCollection` (`physical_channel_names`),
+/// as indices into its configured `pchannels`.
+pub async fn collection_pchannels(primary: &Cluster, key: &CollectionKey, timeout: Duration) -> Resolution {
+    let mut opts = CallOptions::timeout(timeout).with_token(primary.token());
+    opts.metadata.push(("dbname", key.0.clone()));
+    let req =
+        DescribeCollectionRequest { db_name: key.0.clone(), collection_name: key.1.clone(), ..Default::default() };
+    match unary::<_, DescribeCollectionResponse>(&primary.upstream, "DescribeCollection", &req, &opts).await {
+        Ok(r) => match r.status {
+            // Milvus: code 100 (collection not found), legacy error code 4 (CollectionNotExists).
+            Some(s) if s.code == 100 || s.error_code == 4 => Resolution::Missing,
+            Some(s) if s.code != 0 || s.error_code != 0 => Resolution::Failed,
+            _ => {
+                let idx: Option<Vec<usize>> = r
+                    .physical_channel_names
+                    .iter()
+                    .map(|n| primary.config.pchannels.iter().position(|p| p == n))
+                    .collect();
+                match idx {
+                    Some(mut v) if !v.is_empty() => {
+                        v.sort_unstable();
+                        v.dedup();
+                        Resolution::Pchannels(v)
+                    }
+                    _ => Resolution::Failed,
                 }
             }
-            Err(e) => return Err(format!("GetReplicateInfo: {e}")),
-        }
+        },
+        Err(_) => Resolution::Failed,
     }
-    Ok(best)
 }

@@ -249,6 +249,18 @@ impl RequestBody {
         Ok(self.rest.is_none())
     }
 
+    /// Up to `max` bytes of what is in memory, from the start (frame headers included).
+    pub fn first_bytes(&self, max: usize) -> Bytes {
+        let mut acc = BytesMut::new();
+        for d in self.buffered.iter().filter_map(|f| f.data_ref()) {
+            if acc.len() >= max {
+                break;
+            }
+            acc.extend_from_slice(&d[..d.len().min(max - acc.len())]);
+        }
+        acc.freeze()
+    }
+
     /// The first message, when it is entirely in the read-ahead buffer.
     pub fn first_message(&self) -> Option<Bytes> {
         let mut acc = BytesMut::new();

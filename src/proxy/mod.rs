@@ -91,14 +91,15 @@ pub struct ConnInfo {
 }
 
 /// Where a data read may go.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Pick {
     /// Where its kind and level send it.
     target: ReadTarget,
     /// Only the primary may answer it (Strong, Session): no standby fallback.
     only_primary: bool,
-    /// Read-your-writes: the primary timestamp a standby must have applied.
-    required: Option<u64>,
+    /// Read-your-writes: the collection and the primary timestamp a standby must have
+    /// applied on that collection's pchannels.
+    required: Option<(consistency::CollectionKey, u64)>,
 }
 
 /// What the router knows about one call.
@@ -231,9 +232,8 @@ impl Proxy {
                 };
                 let required = fields.as_ref().and_then(|f| {
                     let window = table.policy.read_your_writes;
-                    (!window.is_zero())
-                        .then(|| conn.writes.required(&(db.clone(), f.collection.clone()), window))
-                        .flatten()
+                    let key = (db.clone(), f.collection.clone());
+                    (!window.is_zero()).then(|| conn.writes.required(&key, window).map(|t| (key, t))).flatten()
                 });
                 let target = policy::read_target(call.kind, level, &table.policy);
                 let only_primary = policy::primary_only(call.kind, level, &table.policy);
@@ -323,10 +323,14 @@ impl Proxy {
         let abort = body.abort_slot();
         let mut req = Request::from_parts(parts, b::boxed(body));
         let primary = table.primary.clone();
-        // Read-your-writes: a standby serves this read only once it has applied the write.
+        // Read-your-writes: a standby serves this read only once it has applied the write on
+        // each of the collection's pchannels (see `monitor::applied`).
         let caught_up = |c: &Cluster| {
             let is_primary = primary.as_ref().is_some_and(|p| std::ptr::eq(&**p, c));
-            is_primary || required.is_none_or(|t| c.signals.checkpoint.load(std::sync::atomic::Ordering::Relaxed) >= t)
+            is_primary
+                || required
+                    .as_ref()
+                    .is_none_or(|(key, t)| primary.as_ref().is_some_and(|p| crate::monitor::applied(p, c, key, *t)))
         };
         // Why the last cluster tried could not be reached, for the error if none can.
         let mut last_error = String::new();

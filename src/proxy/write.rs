@@ -41,6 +41,9 @@ use crate::upstream::SendError;
 pub(crate) const REPLAY_LIMIT: usize = 256 << 10;
 /// Answers up to this size are read whole before being passed on.
 const REPLY_LIMIT: usize = 4 << 20;
+/// A DML message names its database and collection within this many bytes of its start
+/// (only the small `MsgBase` comes before them); past it, the write counts on every pchannel.
+const NAMES_WITHIN: usize = 4 << 10;
 /// Times a write refused as not primary is sent again, to the rediscovered primary.
 const NOT_PRIMARY_RETRIES: usize = 3;
 
@@ -55,6 +58,12 @@ pub(super) async fn write(
     let gate = &control.gate;
     let replayable = body.buffer_up_to(REPLAY_LIMIT).await?;
     let abort = body.abort_slot();
+    // Read now, while the message's start is in memory: a streamed write's body is gone by
+    // the time its answer comes.
+    let target = match call.kind {
+        Kind::Write(WriteClass::Dml) => target_collection(&body.first_bytes(NAMES_WITHIN)),
+        _ => None,
+    };
     let mut body = Some(body);
     let mut refusals = 0;
     loop {
@@ -134,7 +143,7 @@ pub(super) async fn write(
             return Err(ProxyError::FencedAck { cluster: primary.id.to_string() });
         }
         if status.as_ref().is_some_and(|s| s.code == 0 && s.error_code == 0) {
-            acknowledged(proxy, &primary, call, &buffered, body.as_ref(), &parts, conn);
+            acknowledged(proxy, &primary, call, &buffered, target.clone(), &parts, conn);
         }
         return Ok(Response::from_parts(
             rparts,
@@ -156,7 +165,7 @@ fn acknowledged(
     primary: &Arc<Cluster>,
     call: &Call,
     reply: &BufferedReply,
-    body: Option<&RequestBody>,
+    target: Option<(String, String)>,
     parts: &http::request::Parts,
     conn: &ConnInfo,
 ) {
@@ -165,8 +174,9 @@ fn acknowledged(
             let Some((tick, rows)) = reply.mutation().filter(|(t, _)| *t != 0) else { return };
             primary.signals.write_acked(tick);
             primary.signals.rows_acked(tick, rows);
-            if let Some((db, coll)) = body.and_then(|b| b.first_message()).and_then(target_collection) {
+            if let Some((db, coll)) = target {
                 let db = super::db_of(parts, Some(&db));
+                primary.signals.collection_write_acked(&db, &coll, tick);
                 conn.writes.note((db, coll), tick);
             }
         }
@@ -175,10 +185,74 @@ fn acknowledged(
     }
 }
 
-/// `(db_name, collection_name)` of an Insert, Upsert or Delete (fields 2 and 3 in all three).
-fn target_collection(msg: bytes::Bytes) -> Option<(String, String)> {
+/// `(db_name, collection_name)` of an Insert, Upsert or Delete (fields 2 and 3 in all three),
+/// from the start of its gRPC body, which may stop anywhere after them: the fields are read
+/// in order and reading stops at the first field past 3 (the rows), so a message larger than
+/// what is in memory still names its collection.
+fn target_collection(framed: &[u8]) -> Option<(String, String)> {
+    let (0, _) = crate::grpc::frame::declared_len(framed)? else { return None };
+    let mut msg = framed.get(crate::grpc::frame::HEADER_LEN..)?;
+    let (mut db, mut coll) = (String::new(), None);
+    while !msg.is_empty() {
+        let (key, n) = varint(msg)?;
+        msg = &msg[n..];
+        let (field, wire) = (key >> 3, key & 7);
+        if field > 3 {
+            break;
+        }
+        match wire {
+            0 => msg = &msg[varint(msg)?.1..],
+            2 => {
+                let (len, n) = varint(msg)?;
+                let value = msg.get(n..n.checked_add(usize::try_from(len).ok()?)?)?;
+                match field {
+                    2 => db = String::from_utf8(value.to_vec()).ok()?,
+                    3 => coll = Some(String::from_utf8(value.to_vec()).ok()?),
+                    _ => {}
+                }
+                msg = &msg[n + value.len()..];
+            }
+            _ => return None,
+        }
+    }
+    coll.map(|c| (db, c))
+}
+
+/// A protobuf varint and its length in bytes.
+fn varint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, byte) in b.iter().take(10).enumerate() {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
     use prost::Message;
-    crate::proto::milvus::InsertRequest::decode(msg).ok().map(|r| (r.db_name, r.collection_name))
+
+    #[test]
+    fn collection_is_read_from_a_truncated_insert() {
+        let req = crate::proto::milvus::InsertRequest {
+            db_name: "db1".into(),
+            collection_name: "books".into(),
+            num_rows: 3,
+            ..Default::default()
+        };
+        let mut framed = crate::grpc::frame::frame_bytes(&req.encode_to_vec()).to_vec();
+        assert_eq!(target_collection(&framed), Some(("db1".into(), "books".into())));
+        // Rows after the names, cut anywhere: still named.
+        framed.extend_from_slice(&[0x2a, 0xff, 0xff, 0x03, 1, 2, 3]);
+        assert_eq!(target_collection(&framed), Some(("db1".into(), "books".into())));
+        // Cut inside the collection name: unknown.
+        assert_eq!(target_collection(&framed[..12]), None);
+        assert_eq!(target_collection(&[1, 0, 0, 0, 9, 0x1a]), None, "compressed");
+        assert_eq!(target_collection(&[]), None);
+    }
 }
 
 /// The primary for a write, or why there is none.

@@ -100,7 +100,8 @@ pub struct Signals {
     pub passive_failures: std::sync::atomic::AtomicU32,
     /// Wakes the health task early (passive ejection).
     pub kick: tokio::sync::Notify,
-    /// Newest source timestamp this standby has applied (0: unknown), from the monitor.
+    /// Lowest checkpoint over this standby's pchannels (0: unknown), from the monitor; shown
+    /// only. Read-your-writes uses the per-pchannel checkpoints ([`Signals::applied`]).
     pub checkpoint: AtomicU64,
     /// A failover has decided to fence this cluster: from that moment no answer of its to a
     /// write is passed on as a success (the new primary will not have that write).
@@ -109,6 +110,11 @@ pub struct Signals {
     pub late_acks: AtomicU64,
     /// The counter of the failover job that fenced it, which its report shows. Short sections.
     late_ack_sink: std::sync::Mutex<Option<std::sync::Arc<AtomicU64>>>,
+    /// On a primary: its acknowledged writes per collection, until every standby applied them.
+    pub ledger: crate::monitor::writes::WriteLedger,
+    // On a standby: its checkpoint per pchannel (configured order), from the monitor; empty
+    // when unknown. Short sections only.
+    applied: std::sync::Mutex<Arc<[Option<u64>]>>,
     // Recent acknowledged writes `(timestamp, rows)`, newest last, bounded; for the data
     // loss report of a failover. Short sections only.
     recent: std::sync::Mutex<std::collections::VecDeque<(u64, u64)>>,
@@ -154,9 +160,30 @@ impl Signals {
         if tick == 0 {
             return;
         }
+        let now = origin().elapsed().as_micros() as u64;
         self.last_write_tick.fetch_max(tick, Ordering::Relaxed);
-        self.last_write_at_us.store(origin().elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.last_write_at_us.store(now, Ordering::Relaxed);
+        // Owed on every pchannel until `collection_write_acked` names its collection.
+        self.ledger.pending(tick, now);
         self.passive_failures.store(0, Ordering::Relaxed);
+    }
+
+    /// Names the collection of an acknowledged write already recorded by [`Self::write_acked`],
+    /// so that the monitor owes it only on that collection's pchannels.
+    pub fn collection_write_acked(&self, db: &str, collection: &str, tick: u64) {
+        if tick != 0 {
+            self.ledger.collection(db, collection, tick);
+        }
+    }
+
+    /// Publishes a standby's checkpoint per pchannel (empty: unknown).
+    pub fn set_applied(&self, checkpoints: Arc<[Option<u64>]>) {
+        *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = checkpoints;
+    }
+
+    /// A standby's checkpoint per pchannel, as last read by the monitor (empty: unknown).
+    pub fn applied(&self) -> Arc<[Option<u64>]> {
+        self.applied.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Remembers the rows an acknowledged write carried.

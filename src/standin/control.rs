@@ -2,7 +2,8 @@
 //!
 //! | request | effect |
 //! |---|---|
-//! | `POST /fault/replication/pause` · `/resume` | stop / restart sending to targets |
+//! | `POST /fault/replication/pause` · `/resume` | stop / restart sending to targets (`resume` also ends every pchannel pause) |
+//! | `POST /fault/replication/pause-pchannel?index=N` · `/resume-pchannel?index=N` | stop / restart sending this cluster's pchannel N only; the others go on (one stuck pchannel, Milvus #53382, #52727) |
 //! | `POST /fault/replication/delay?ms=N` | a message is sent no sooner than N ms after it was written |
 //! | `POST /fault/unhealthy` · `/healthy` | `CheckHealth` answers not healthy / healthy |
 //! | `POST /fault/freeze` · `/thaw` | requests are held unanswered / released |
@@ -48,7 +49,15 @@ pub(crate) fn router(core: Arc<Core>, listener: watch::Receiver<ListenerState>, 
         |f: fn(&mut FaultState)| any(move |State(c): State<Ctl>| async move { axum::Json(c.core.faults.update(f)) });
     Router::new()
         .route("/fault/replication/pause", fault(|f| f.replication_paused = true))
-        .route("/fault/replication/resume", fault(|f| f.replication_paused = false))
+        .route(
+            "/fault/replication/resume",
+            fault(|f| {
+                f.replication_paused = false;
+                f.paused_pchannels.clear();
+            }),
+        )
+        .route("/fault/replication/pause-pchannel", any(pause_pchannel))
+        .route("/fault/replication/resume-pchannel", any(resume_pchannel))
         .route("/fault/replication/delay", any(delay))
         .route("/fault/unhealthy", fault(|f| f.unhealthy = true))
         .route("/fault/healthy", fault(|f| f.unhealthy = false))
@@ -70,6 +79,29 @@ struct Ms {
 
 async fn delay(State(c): State<Ctl>, Query(q): Query<Ms>) -> impl IntoResponse {
     axum::Json(c.core.faults.update(|f| f.replication_delay_ms = q.ms))
+}
+
+#[derive(Debug, Deserialize)]
+struct Index {
+    index: usize,
+}
+
+async fn pause_pchannel(State(c): State<Ctl>, Query(q): Query<Index>) -> Response {
+    if q.index >= c.core.pchannels.len() {
+        let msg = format!("no pchannel {} (this cluster has {})", q.index, c.core.pchannels.len());
+        return (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": msg }))).into_response();
+    }
+    axum::Json(c.core.faults.update(|f| {
+        if !f.paused_pchannels.contains(&q.index) {
+            f.paused_pchannels.push(q.index);
+            f.paused_pchannels.sort_unstable();
+        }
+    }))
+    .into_response()
+}
+
+async fn resume_pchannel(State(c): State<Ctl>, Query(q): Query<Index>) -> impl IntoResponse {
+    axum::Json(c.core.faults.update(|f| f.paused_pchannels.retain(|p| *p != q.index)))
 }
 
 async fn latency(State(c): State<Ctl>, Query(q): Query<Ms>) -> impl IntoResponse {

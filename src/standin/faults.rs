@@ -25,6 +25,8 @@ pub(crate) struct FaultState {
     pub(crate) latency_ms: u64,
     /// Replicators send nothing.
     pub(crate) replication_paused: bool,
+    /// Replicators send nothing on these pchannels (indices); the others go on.
+    pub(crate) paused_pchannels: Vec<usize>,
     /// A message is sent no sooner than this long after it was written.
     pub(crate) replication_delay_ms: u64,
     /// The next this many client writes are applied and logged, then their answer is lost

@@ -33,6 +33,10 @@
 //! - Checkpoints move after the backend applied a message; a crash between the two replays
 //!   that one message (as Milvus may).
 //! - Writes that are not one uncompressed gRPC message are applied but not replicated.
+//! - A collection has one pchannel, the one its writes are logged on (FNV-1a of its name);
+//!   `DescribeCollection` answers it as `physical_channel_names`, and one vchannel on it.
+//! - No time ticks are replicated, busy or idle (as Milvus 2.6 CDC: see `replicator`): a
+//!   target's checkpoint on an idle pchannel stays at the last message replicated there.
 //! - The log (request payloads included) is kept in memory; `state.json` holds the
 //!   configuration's tokens in clear (the stand-in needs them to replicate after a restart).
 //!

@@ -9,7 +9,19 @@
 //! 1 s), the replicator asks again and resumes: nothing is lost, and the target drops what
 //! it has already applied. Faults are read before every message: paused or frozen, nothing
 //! is sent (the stream stays open); down, the stream is dropped until `/fault/up`; with a
-//! delay, a message is sent no sooner than that long after it was written.
+//! delay, a message is sent no sooner than that long after it was written. With one pchannel
+//! paused (`/fault/replication/pause-pchannel`), its messages are passed over and the others
+//! go on; when it is resumed the session restarts and resends from the target's checkpoints,
+//! which on that pchannel are still before what was passed over (a drain instead waits).
+//!
+//! Only log entries are sent (client writes and fences): never a time tick, on a busy or an
+//! idle cluster, as Milvus 2.6 CDC does not replicate WAL time ticks. Its replicate stream
+//! client (milvus `internal/cdc/replication/replicatestream/replicate_stream_client_impl.go`)
+//! returns `ErrReplicateIgnored` for self-controlled messages (TimeTick, CreateSegment, Flush:
+//! `pkg/streaming/util/message/specialized_message.go`), and the secondary's replicate
+//! interceptor (`internal/streamingnode/server/wal/interceptors/replicate/replicates/impl.go`)
+//! moves its checkpoint only on replicated data, DDL and transaction-commit messages. So here
+//! too, a target's checkpoint on an idle pchannel stays at the last message replicated there.
 //!
 //! A replicator of a former target ("drain") stops once its last entry (the fence) is
 //! confirmed. [`reconcile`] starts and stops replicators to match the state; each is owned
@@ -173,6 +185,8 @@ fn fail(message: impl Into<String>) -> SessionError {
 enum Step {
     Idle,
     Skip,
+    /// An entry of a paused pchannel: not sent now, resent once the pchannel is resumed.
+    PassOver(usize),
     Wait(Duration),
     Send(Entry),
 }
@@ -199,6 +213,8 @@ async fn session(core: &Arc<Core>, spec: &Spec, up: &Upstream) -> Result<(), Ses
     let mut changes = core.subscribe();
     let mut faults = core.faults.watch();
     let err = |m: String, progress: bool| SessionError { message: m, progress };
+    // Pchannels whose messages this session passed over while they were paused.
+    let mut passed_over: Vec<usize> = Vec::new();
     loop {
         while let Ok(c) = conf_rx.try_recv() {
             let tick = c.map_err(|m| err(m, progress))?;
@@ -211,13 +227,24 @@ async fn session(core: &Arc<Core>, spec: &Spec, up: &Upstream) -> Result<(), Ses
         if f.down {
             return Err(SessionError { message: "this cluster is down (fault)".into(), progress });
         }
+        if passed_over.iter().any(|p| !f.paused_pchannels.contains(p)) {
+            // Resend what was passed over, from the target's checkpoints.
+            return Err(SessionError { message: "a paused pchannel was resumed".into(), progress: true });
+        }
         let step = if f.replication_paused || f.frozen || spec.until.is_some_and(|u| next > u) {
             Step::Idle
         } else {
-            fetch(core, spec, next, &cps, Duration::from_millis(f.replication_delay_ms))
+            let paused = Paused { pchannels: &f.paused_pchannels, drain: spec.until.is_some() };
+            fetch(core, spec, next, &cps, Duration::from_millis(f.replication_delay_ms), paused)
         };
         match step {
             Step::Skip => next += 1,
+            Step::PassOver(p) => {
+                if !passed_over.contains(&p) {
+                    passed_over.push(p);
+                }
+                next += 1;
+            }
             Step::Send(entry) => {
                 let msg = ReplicateRequest {
                     request: Some(replicate_request::Request::ReplicateMessage(ReplicateMessage {
@@ -255,13 +282,23 @@ fn on_confirmation(
     Ok(confirm(core, spec, inflight, tick))
 }
 
+/// Pchannels paused by the fault, and whether this session is a drain (which must not
+/// pass anything over: it ends at its fence).
+struct Paused<'a> {
+    pchannels: &'a [usize],
+    drain: bool,
+}
+
 /// Takes the entry at `next`, or says why not yet. Marks it fetched when it is to be sent
 /// (rollback reads the marks, under the same lock, to tell which fences are still unsent).
-fn fetch(core: &Core, spec: &Spec, next: u64, cps: &[u64], delay: Duration) -> Step {
+fn fetch(core: &Core, spec: &Spec, next: u64, cps: &[u64], delay: Duration, paused: Paused<'_>) -> Step {
     core.modify(|st| {
         let Some(e) = st.log.get(next as usize) else { return Step::Idle };
         if st.cancelled.contains(&next) || e.tick <= cps.get(e.pchannel).copied().unwrap_or(0) {
             return Step::Skip;
+        }
+        if paused.pchannels.contains(&e.pchannel) {
+            return if paused.drain { Step::Idle } else { Step::PassOver(e.pchannel) };
         }
         if !delay.is_zero() {
             let due = tick_ms(e.tick) + delay.as_millis() as u64;

@@ -110,13 +110,41 @@ async fn describe_collection(core: &Core, req: Request<Incoming>) -> Response<Bo
     };
     let trailers = collected.trailers().cloned();
     let mut data = collected.to_bytes();
-    if let (Some(req), Some(msg)) = (request.as_deref(), wire::unframe(&data))
-        && let Some(patched) = core.levels.patch_describe(req, &dbname, &msg)
-    {
-        data = crate::grpc::frame::frame_bytes(&patched);
-        rparts.headers.remove(http::header::CONTENT_LENGTH);
+    if let (Some(req), Some(mut msg)) = (request.as_deref(), wire::unframe(&data)) {
+        let mut changed = false;
+        if let Some(patched) = core.levels.patch_describe(req, &dbname, &msg) {
+            (msg, changed) = (patched, true);
+        }
+        if let Some(patched) = patch_channels(core, req, &msg) {
+            (msg, changed) = (patched, true);
+        }
+        if changed {
+            data = crate::grpc::frame::frame_bytes(&msg);
+            rparts.headers.remove(http::header::CONTENT_LENGTH);
+        }
     }
     writes::rebuild(rparts, data, trailers)
+}
+
+/// Puts the collection's channels into a successful `DescribeCollection` answer: its one
+/// pchannel is the one its writes are logged and replicated on ([`Core::pchannel_for`]), as
+/// `physical_channel_names` (field 5), and one vchannel on it, `<pchannel>_<id>v0` as Milvus
+/// names them, as `virtual_channel_names` (field 4). Whatever the backend put there
+/// (milvus-lite's own names) is replaced; an answer with a failed status is left alone.
+fn patch_channels(core: &Core, request: &[u8], answer: &[u8]) -> Option<bytes::Bytes> {
+    use prost::Message;
+    let coll = wire::string_field(request, 3).filter(|c| !c.is_empty())?;
+    let status = wire::fields(answer)?.into_iter().find(|f| f.number == 1 && f.wire_type == 2);
+    if let Some(f) = status {
+        let st = Status::decode(f.value).ok()?;
+        if !wire::status_ok(&st) {
+            return None;
+        }
+    }
+    let pch = core.pchannels.get(core.pchannel_for(&coll)).cloned()?;
+    let id = wire::varint_field(answer, 3).unwrap_or(0);
+    let with_v = wire::set_string_fields(answer, 4, &[format!("{pch}_{id}v0")])?;
+    wire::set_string_fields(&with_v, 5, &[pch])
 }
 
 /// Passes a request to the backend and streams its answer back.

@@ -120,6 +120,22 @@ pub(crate) fn set_varint_field(buf: &[u8], number: u32, value: u64) -> Option<By
     Some(out.freeze())
 }
 
+/// Sets repeated string field `number` to `values`: every other field is kept as it is,
+/// earlier occurrences of the field are removed. `None` if `buf` is not well-formed.
+pub(crate) fn set_string_fields(buf: &[u8], number: u32, values: &[String]) -> Option<Bytes> {
+    let parsed = fields(buf)?;
+    let mut out = BytesMut::with_capacity(buf.len() + values.iter().map(|v| v.len() + 6).sum::<usize>());
+    for f in parsed.iter().filter(|f| f.number != number) {
+        out.put_slice(f.raw);
+    }
+    for v in values {
+        put_varint(&mut out, (u64::from(number) << 3) | 2);
+        put_varint(&mut out, v.len() as u64);
+        out.put_slice(v.as_bytes());
+    }
+    Some(out.freeze())
+}
+
 /// The `common.Status` a response message carries, per the method's reply shape.
 /// `None` when the shape has no status or the bytes do not decode.
 pub(crate) fn reply_status(reply: Reply, msg: &[u8]) -> Option<Status> {

@@ -251,6 +251,10 @@ def test_lag_idle_paused_and_resumed(bed):
     # Idle primary: after a few writes, every sample over 30 s is under 1 s.
     for i in range(100, 110):
         client.insert("lag", [{"id": i, "vec": vec(i)}])
+    # The lag is unknown (null) until a probe has measured it against an acknowledged write
+    # (issue 9: unknown lag is not zero); from then on it must stay known and small.
+    wait_until(lambda: all(clusters(sy)[i]["lag_ms"] is not None for i in standbys), timeout=5,
+               what="lag measured after the first writes")
     samples = sample_lag(sy, standbys, 30.0)
     assert all(v is not None for _, l in samples for v in l.values()), samples
     worst = max(v for _, l in samples for v in l.values())
@@ -342,6 +346,12 @@ def serving(sy: Switchyard) -> dict[str, bool]:
     return {cid: c["serves_reads"] for cid, c in clusters(sy).items()}
 
 
+def wait_serving(sy: Switchyard, ids, timeout: float = 10.0) -> None:
+    """Waits until switchyard has seen ``ids`` caught up (a probe after the data reached them):
+    a standby serves no Bounded read before (issue 9: unknown lag is not zero)."""
+    wait_until(lambda: all(serving(sy)[i] for i in ids), timeout=timeout, what=f"{ids} serving reads")
+
+
 def test_lagging_standby_leaves_bounded_reads_and_strong_reads_stay_on_primary(bed):
     sy = bed.switchyard(routing={"max_read_lag": "2s"})
     from pymilvus import MilvusClient
@@ -350,6 +360,7 @@ def test_lagging_standby_leaves_bounded_reads_and_strong_reads_stay_on_primary(b
     make_collection(client, "bounded", rows=20)
     wait_replicated([bed.b, bed.c], "bounded", 20)
     standbys = ("cluster-b", "cluster-c")
+    wait_serving(sy, standbys)
     raw = Raw(sy.addr)
 
     def searches(n: int, level: str | None, collection: str = "bounded") -> dict:
