@@ -486,6 +486,11 @@ def test_faulty_standby_leaves_read_rotation(bed, fault, undo):
         at = time.monotonic()
         wait_until(lambda: not serving(sy)["cluster-b"], timeout=10, interval=0.02, what="B out of the rotation")
         took = time.monotonic() - at
+        # Out of the rotation as soon as its lag cannot be read (unknown is unsafe), which may
+        # be before `fall` failed probes mark it down; down it must be within the same bound.
+        wait_until(lambda: clusters(sy)["cluster-b"]["health"] == "down",
+                   timeout=max(0.05, EJECT_WITHIN + POLL_SLACK - (time.monotonic() - at)), interval=0.02,
+                   what="B marked down")
         cs = clusters(sy)
         print(f"{fault}: B out of the read rotation after {took:.2f} s ({cs['cluster-b']['last_error']})")
         assert cs["cluster-b"]["health"] == "down" and cs["cluster-c"]["serves_reads"], cs
@@ -686,11 +691,17 @@ def test_read_your_writes(bed):
 
     off = bed.switchyard()
     client = MilvusClient(uri=off.uri, token=TOKEN)
+    # A switchyard that has seen no write yet does not know the standbys' lag and sends every
+    # read to the primary (unknown is unsafe): let it see one caught up first.
+    make_collection(client, "ryw_warm", rows=1)
+    wait_until(lambda: all(serving(off)[c] for c in ("cluster-b", "cluster-c")), timeout=10,
+               what="standbys known caught up")
     q_miss, s_miss, served = own_row_trials(client, bed, "ryw_off")
     print(f"read_your_writes off: {q_miss} queries and {s_miss} searches of 200 missed; reads served {served}")
     assert q_miss + s_miss > 0, "with read-your-writes off no read missed: the trials cannot tell"
     assert served["cluster-a"] == 0, served
     client.drop_collection("ryw_off")
+    client.drop_collection("ryw_warm")
     client.close()
 
 
@@ -723,6 +734,8 @@ def test_status_shows_role_health_lag_in_flight_and_counters(bed):
     for i in range(10, 15):
         client.insert("status", [{"id": i, "vec": vec(i)}])
     wait_replicated([bed.b, bed.c], "status", 15)
+    wait_until(lambda: all(clusters(sy, ADMIN_TOKEN)[c]["serves_reads"] for c in ("cluster-b", "cluster-c")),
+               timeout=10, what="standbys known caught up")
     for i in range(6):
         client.search("status", data=[vec(i)], limit=1, consistency_level="Bounded")
 
