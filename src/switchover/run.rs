@@ -57,7 +57,20 @@ pub async fn preconditions(c: &Control, target: &str, expected: Option<&str>) ->
     }
     let max_lag = c.config().switchover.max_lag;
     match view.lag {
-        None => return refuse(format!("the replication lag of {target} is unknown (no checkpoint from {from})")),
+        // Lag is measured against writes switchyard saw acknowledged; with none seen since
+        // start (an idle primary, a restart) it is unknown even when replication is fine. A
+        // switchover is safe either way (the target promotes only once it has applied the old
+        // primary's whole log, else the job rolls back at promote_timeout), lag only bounds
+        // the pause; so unknown lag is accepted when the target answers for its replication
+        // from the primary on every pchannel (a pchannel with nothing replicated yet has no
+        // checkpoint, which is normal), and refused when it cannot.
+        None => {
+            let timeout = c.config().health.timeout.max(Duration::from_secs(2));
+            let target_cluster = c.cluster(target).ok_or_else(|| Refusal(format!("unknown cluster {target:?}")))?;
+            if let Err(e) = crate::monitor::probe::checkpoints(&target_cluster, &from, timeout).await {
+                return refuse(format!("the replication lag of {target} is unknown and its replication cannot be read: {e}"));
+            }
+        }
         Some(l) if l > max_lag => {
             return refuse(format!("{target} lags {l:?} behind {from}, more than switchover.max_lag ({max_lag:?})"));
         }

@@ -58,6 +58,25 @@ class Bed:
         self.sy = Switchyard(tmp, clusters)
         self.procs.append(self.sy)
         self.sy.wait_ready()
+        self.prime()
+
+    def prime(self) -> None:
+        """One write through switchyard, applied by every standby: until switchyard has seen a
+        standby apply a write it saw acknowledged, that standby's lag is unknown and it serves no
+        reads (unknown is unsafe), and these tests are about where reads go once it is known."""
+        import requests
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(uri=self.sy.uri, token="root:Milvus")
+        make_collection(client, "warm", rows=1)
+        client.close()
+        standbys = [c for c in self.standins if c != "cluster-a"]
+
+        def serving() -> bool:
+            view = requests.get(f"http://{self.sy.admin_addr}/v1/clusters", timeout=5).json()
+            return all(c["serves_reads"] for c in view if c["id"] in standbys)
+
+        wait_until(serving, timeout=20, what="standbys known caught up")
 
     @property
     def a(self) -> Standin:

@@ -193,3 +193,79 @@ def test_200_mib_of_inserts_stay_under_64_mib_rss(switchyard_factory, upstream):
     assert len(sampler.samples) > 50, "too few RSS samples"
     assert peak_rss < BUDGET_KIB, f"sampled RSS peak {peak_rss} KiB >= 64 MiB"
     assert hwm < BUDGET_KIB, f"VmHWM {hwm} KiB >= 64 MiB"
+
+
+def search_body(size: int) -> bytes:
+    """A serialized Bounded SearchRequest of about ``size`` bytes (one large placeholder)."""
+    milvus_pb2, common_pb2 = pb()
+    ph = common_pb2.PlaceholderGroup(placeholders=[common_pb2.PlaceholderValue(
+        tag="$0", type=common_pb2.PlaceholderType.FloatVector, values=[b"\x00" * size])])
+    return milvus_pb2.SearchRequest(collection_name="mem", placeholder_group=ph.SerializeToString(), nq=1,
+                                    consistency_level=common_pb2.ConsistencyLevel.Bounded).SerializeToString()
+
+
+HELD_BUDGET = 16 * MIB
+PEEK_BUDGET = 8 * MIB
+BASE = 64 * MIB  # the fixed base stated in README ("Memory"): runtime, connections, h2 buffers
+
+
+def test_adversarial_held_writes_and_peeked_reads_stay_within_the_budgets(switchyard_factory, upstream):
+    """Writes paused; 12 clients at once each send a 3.9 MiB insert (only 4 fit in
+    max_held_bytes = 16 MiB: the others are answered "not held, not sent" before their bytes are
+    read), and meanwhile 16 clients at once send 2 MiB searches whose level switchyard would
+    peek at (only 4 fit in peek_budget = 8 MiB: the others are routed as Strong unpeeked). RSS
+    stays under the two budgets plus a 64 MiB base; the 4 held writes land when writes resume."""
+    import requests
+    from concurrent.futures import ThreadPoolExecutor
+
+    milvus_pb2, _ = pb()
+    sy = switchyard_factory([Switchyard.cluster("cluster-a", upstream.uri, "primary")],
+                            switchover={"max_held_bytes": "16MiB", "max_held_requests": 1000, "hold_window": "60s"},
+                            listener={"peek_budget": "8MiB"})
+    admin = f"http://{sy.admin_addr}"
+    opts = [("grpc.max_send_message_length", 64 * MIB), ("grpc.max_receive_message_length", 64 * MIB)]
+    channels = [grpc.insecure_channel(sy.addr, options=opts) for _ in range(28)]
+    insert_calls = [c.unary_unary(INSERT, request_serializer=None,
+                                  response_deserializer=milvus_pb2.MutationResult.FromString) for c in channels[:12]]
+    search_calls = [c.unary_unary("/milvus.proto.milvus.MilvusService/Search", request_serializer=None,
+                                  response_deserializer=milvus_pb2.SearchResults.FromString) for c in channels[12:]]
+    insert_calls[0](insert_body(64 * 1024), timeout=30)  # connections up before the baseline
+    body, query = insert_body(int(3.9 * MIB)), search_body(2 * MIB)
+    idle_kib = sy.rss_kib()
+    before = upstream.stats()
+    assert requests.post(f"{admin}/v1/writes/pause", json={"timeout": "120s"}, timeout=10).status_code == 200
+    sampler = Sampler(sy)
+    sampler.start()
+    try:
+        with ThreadPoolExecutor(28) as pool:
+            inserts = [pool.submit(call, body, timeout=90) for call in insert_calls]
+            held = lambda: float(next(l.split()[-1] for l in requests.get(f"{admin}/metrics", timeout=5).text  # noqa: E731
+                                      .splitlines() if l.startswith("switchyard_held_writes ")))
+            # 8 are refused at once (they do not fit); 4 wait, held.
+            from testbed import wait_until
+
+            wait_until(lambda: sum(f.done() for f in inserts) == 8 and held() == 4, timeout=60,
+                       what="8 inserts refused and 4 held")
+            searches = [pool.submit(call, query, timeout=90) for call in search_calls]
+            results = [f.result() for f in searches]
+            assert all(r.status.code == 0 for r in results), [r.status for r in results][:3]
+            assert requests.post(f"{admin}/v1/writes/resume", timeout=10).status_code == 200
+            answers = [f.result() for f in inserts]
+    finally:
+        peak_rss = sampler.stop()
+        for c in channels:
+            c.close()
+    refused = [a for a in answers if a.status.code == 8]
+    landed = [a for a in answers if a.status.code == 0 and a.status.error_code == 0]
+    hwm = sy.hwm_kib()
+    limit_kib = (HELD_BUDGET + PEEK_BUDGET + BASE) // 1024
+    print(f"adversarial load: RSS idle {idle_kib} KiB, peak sampled {peak_rss} KiB, VmHWM {hwm} KiB; "
+          f"limit {limit_kib} KiB (16 MiB held + 8 MiB peek + 64 MiB base); "
+          f"{len(landed)} inserts held then landed, {len(refused)} refused not sent")
+    assert len(landed) == 4 and len(refused) == 8, [a.status for a in answers]
+    assert all("not held" in a.status.reason and "not sent, safe to retry" in a.status.reason for a in refused)
+    after = upstream.stats()
+    if "Insert" in after:
+        assert after["Insert"] - before.get("Insert", 0) == 4, (before, after)
+    assert peak_rss < limit_kib, f"sampled RSS peak {peak_rss} KiB >= {limit_kib} KiB"
+    assert hwm < limit_kib, f"VmHWM {hwm} KiB >= {limit_kib} KiB"

@@ -389,7 +389,9 @@ def test_lagging_standby_leaves_bounded_reads_and_strong_reads_stay_on_primary(b
         d = delta(bed.counters(), before)
         standby_reads = d["cluster-b"]["reads_data"] + d["cluster-c"]["reads_data"]
         assert (d["cluster-a"]["reads_data"], standby_reads) == (primary_reads, 10 - primary_reads), (name, d)
-        assert 1 <= d["cluster-a"]["reads_metadata"] <= 2, (name, d)  # DescribeCollection, then cached
+        # The level's DescribeCollection once, then cached (not one per search); the monitor
+        # may add one, resolving a collection just written to its pchannels.
+        assert 1 <= d["cluster-a"]["reads_metadata"] <= 3, (name, d)
     # The Strong collection read with an explicit Bounded level goes to a standby: the level routes.
     d = searches(10, "Bounded", "strong_default")
     assert d["cluster-a"]["reads_data"] == 0, d

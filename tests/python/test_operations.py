@@ -513,8 +513,12 @@ def test_reload_adds_a_standby_live_and_refuses_bad_changes(bed_factory):
     a, c = bed["cluster-a"], bed["cluster-c"]
     sy = bed.sy
     make_collection(a, rows=20)
+    # One write through switchyard: written straight to A, the rows above are invisible to it,
+    # and a standby serves reads only once switchyard has seen it apply a write it saw
+    # acknowledged (unknown lag is unsafe).
+    insert(bed.raw, [20])
     for s in (bed["cluster-b"], c):
-        wait_rows(s, 20)
+        wait_rows(s, 21)
     assert set(clusters_view(bed)) == {"cluster-a", "cluster-b"}
 
     client = MilvusClient(uri=sy.uri, token=SECRET)

@@ -99,7 +99,7 @@ class Bed:
         self.sy = Switchyard(tmp, clusters, **sections)
         self.procs.append(self.sy)
         self.sy.wait_ready()
-        self.wait_lag_known(B)
+        self.wait_up(B)
 
     @property
     def a(self) -> Standin:
@@ -140,6 +140,12 @@ class Bed:
 
     def switchover(self, target: str, expected: Optional[str] = None, timeout: float = 60.0) -> dict:
         return self.wait_job(self.start_switchover(target, expected), timeout=timeout)
+
+    def wait_up(self, cid: str, timeout: float = 15.0) -> None:
+        """Until ``cid`` is healthy. (Its lag is known only once switchyard has seen it apply a
+        write acknowledged since start: on an idle bed it stays unknown, which a switchover
+        accepts when the target's replication answers.)"""
+        wait_until(lambda: self.clusters()[cid]["health"] == "up", timeout=timeout, what=f"{cid} up")
 
     def wait_lag_known(self, cid: str, timeout: float = 15.0) -> None:
         wait_until(lambda: self.clusters()[cid]["lag_ms"] is not None and self.clusters()[cid]["health"] == "up",
@@ -333,10 +339,10 @@ def ensure_primary(bed: Bed, cid: str) -> None:
     wait_until(lambda: bed.topology()["state"] == "RUNNING" and bed.topology()["job"] is None,
                timeout=30, what="switchyard RUNNING with no job")
     if bed.topology()["primary"] != cid:
-        bed.wait_lag_known(cid)
+        bed.wait_up(cid)
         j = bed.switchover(cid)
         assert j["state"] == "succeeded", j
-    bed.wait_lag_known(B if cid == A else A)
+    bed.wait_up(B if cid == A else A)
 
 
 # --- 1. twenty switchovers under write load --------------------------------------------------
