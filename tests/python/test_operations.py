@@ -84,6 +84,16 @@ class OpsBed:
         self.sy.wait_ready()
         self.raw = Raw(self.sy.addr)
 
+    def prime(self) -> None:
+        """A write through switchyard (to a collection of its own, made on A directly), applied by
+        every standby in the config: until switchyard has seen a standby apply a write it saw
+        acknowledged, the standby's lag is unknown and it serves no reads."""
+        a = self["cluster-a"]
+        make_collection(a, rows=0, name="warm")
+        call_ok(self.raw, "Insert", insert_request([1], collection="warm"))
+        wait_until(lambda: all(c["serves_reads"] for c in self.admin("GET", "/v1/clusters").json()
+                               if c["role"] == "standby"), timeout=20, what="standbys known caught up")
+
     def entry(self, cid: str, role: str = "standby") -> dict:
         return Switchyard.cluster(cid, self.standins[cid].uri, role, token=SECRET)
 
@@ -297,6 +307,7 @@ def test_metrics_after_a_scripted_workload_with_one_switchover(bed_factory):
     milvus_pb2, common_pb2 = pb()
     make_collection(a, rows=10)
     wait_rows(b, 10)
+    bed.prime()
     raw = bed.raw
     epoch0 = bed.topology()["epoch"]
     m0 = bed.scrape()
@@ -881,6 +892,7 @@ def test_sigterm_with_calls_stuck_on_frozen_clusters_answers_them_before_the_gra
     a, b = bed["cluster-a"], bed["cluster-b"]
     make_collection(a, rows=10)
     wait_rows(b, 10)
+    bed.prime()
     search(bed.raw)
     for s in (a, b):  # both clusters stop answering: a write and a read hang on them
         s.control("/fault/freeze")
@@ -1111,7 +1123,7 @@ def test_no_token_or_password_in_logs_answers_or_errors(bed_factory, tmp_path, t
         assert r.status_code == 401
         seen[f"401 {token and 'bad'}"] = r.text
     code, details, _ = bed.raw.call("Search", search_request(), metadata=[("x-switchyard-cluster", "nope")], token=SECRET)
-    assert code == grpc.StatusCode.NOT_FOUND
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
     seen["grpc error"] = details
     code, details, _ = bed.raw.call("UpdateReplicateConfiguration", pb()[0].UpdateReplicateConfigurationRequest(),
                                     token=SECRET)
