@@ -230,6 +230,14 @@ fn varint(b: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
+/// The primary for a write, or why there is none.
+pub(super) fn write_target(table: &RoutingTable) -> Result<Arc<Cluster>, ProxyError> {
+    if let Some(reason) = &table.abnormal_reason {
+        return Err(ProxyError::NoPrimary { reason: reason.clone() });
+    }
+    table.primary.clone().ok_or_else(|| ProxyError::NoPrimary { reason: "no primary in the topology".into() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,12 +261,4 @@ mod tests {
         assert_eq!(target_collection(&[1, 0, 0, 0, 9, 0x1a]), None, "compressed");
         assert_eq!(target_collection(&[]), None);
     }
-}
-
-/// The primary for a write, or why there is none.
-pub(super) fn write_target(table: &RoutingTable) -> Result<Arc<Cluster>, ProxyError> {
-    if let Some(reason) = &table.abnormal_reason {
-        return Err(ProxyError::NoPrimary { reason: reason.clone() });
-    }
-    table.primary.clone().ok_or_else(|| ProxyError::NoPrimary { reason: "no primary in the topology".into() })
 }

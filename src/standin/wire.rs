@@ -243,6 +243,19 @@ impl http_body::Body for ChannelBody {
     }
 }
 
+/// A body that fails at once: the server resets the stream, so the answer never arrives.
+pub(crate) fn broken_body() -> Body {
+    struct Broken;
+    impl http_body::Body for Broken {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(Some(Err("milvus-standin: answer lost (fault)".into())))
+        }
+    }
+    body::boxed(Broken)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,17 +289,4 @@ mod tests {
         assert_eq!(string_field(&req.encode_to_vec(), 3).as_deref(), Some("books"));
         assert!(fields(&[0x0b]).is_none());
     }
-}
-
-/// A body that fails at once: the server resets the stream, so the answer never arrives.
-pub(crate) fn broken_body() -> Body {
-    struct Broken;
-    impl http_body::Body for Broken {
-        type Data = Bytes;
-        type Error = BoxError;
-        fn poll_frame(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-            Poll::Ready(Some(Err("milvus-standin: answer lost (fault)".into())))
-        }
-    }
-    body::boxed(Broken)
 }

@@ -68,7 +68,9 @@ pub async fn preconditions(c: &Control, target: &str, expected: Option<&str>) ->
             let timeout = c.config().health.timeout.max(Duration::from_secs(2));
             let target_cluster = c.cluster(target).ok_or_else(|| Refusal(format!("unknown cluster {target:?}")))?;
             if let Err(e) = crate::monitor::probe::checkpoints(&target_cluster, &from, timeout).await {
-                return refuse(format!("the replication lag of {target} is unknown and its replication cannot be read: {e}"));
+                return refuse(format!(
+                    "the replication lag of {target} is unknown and its replication cannot be read: {e}"
+                ));
             }
         }
         Some(l) if l > max_lag => {
