@@ -252,7 +252,9 @@ impl Proxy {
     ) -> Result<Option<read::ReadFields>, ProxyError> {
         body.read_ahead(false).await?;
         let Some((0, len)) = body.first_header() else { return Ok(None) };
-        let share = u32::try_from(len + crate::grpc::frame::HEADER_LEN).unwrap_or(u32::MAX);
+        // Charged twice: the frames as they arrive, and the one allocation they are joined
+        // into (briefly both), so the budget bounds what peeking really holds.
+        let share = u32::try_from(2 * (len + crate::grpc::frame::HEADER_LEN)).unwrap_or(u32::MAX);
         let Ok(permit) = self.peek.clone().try_acquire_many_owned(share) else {
             tracing::debug!(len, "peek budget spent; routing the read as Strong");
             return Ok(None);

@@ -210,11 +210,13 @@ BASE = 64 * MIB  # the fixed base stated in README ("Memory"): runtime, connecti
 
 
 def test_adversarial_held_writes_and_peeked_reads_stay_within_the_budgets(switchyard_factory, upstream):
-    """Writes paused; 12 clients at once each send a 3.9 MiB insert (only 4 fit in
-    max_held_bytes = 16 MiB: the others are answered "not held, not sent" before their bytes are
-    read), and meanwhile 16 clients at once send 2 MiB searches whose level switchyard would
-    peek at (only 4 fit in peek_budget = 8 MiB: the others are routed as Strong unpeeked). RSS
-    stays under the two budgets plus a 64 MiB base; the 4 held writes land when writes resume."""
+    """Writes paused; 12 threads sharing one channel (as pymilvus threads share one) send 3.9 MiB
+    inserts at once (only 4 fit in max_held_bytes = 16 MiB: the others are answered "not held,
+    not sent" as soon as their size is declared), and meanwhile 16 threads on a second channel
+    send 2 MiB searches whose level switchyard would peek at (only 4 fit in peek_budget = 8 MiB:
+    the others are routed as Strong, unpeeked). RSS stays under the two budgets plus a 64 MiB
+    base (the idle process, about 30 MiB, and the HTTP/2 receive windows of the two client
+    connections, 8 MiB each); the 4 held writes land when writes resume."""
     import requests
     from concurrent.futures import ThreadPoolExecutor
 
@@ -224,11 +226,12 @@ def test_adversarial_held_writes_and_peeked_reads_stay_within_the_budgets(switch
                             listener={"peek_budget": "8MiB"})
     admin = f"http://{sy.admin_addr}"
     opts = [("grpc.max_send_message_length", 64 * MIB), ("grpc.max_receive_message_length", 64 * MIB)]
-    channels = [grpc.insecure_channel(sy.addr, options=opts) for _ in range(28)]
-    insert_calls = [c.unary_unary(INSERT, request_serializer=None,
-                                  response_deserializer=milvus_pb2.MutationResult.FromString) for c in channels[:12]]
-    search_calls = [c.unary_unary("/milvus.proto.milvus.MilvusService/Search", request_serializer=None,
-                                  response_deserializer=milvus_pb2.SearchResults.FromString) for c in channels[12:]]
+    channels = [grpc.insecure_channel(sy.addr, options=opts + [("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(2)]
+    insert_calls = [channels[0].unary_unary(INSERT, request_serializer=None,
+                                            response_deserializer=milvus_pb2.MutationResult.FromString)] * 12
+    search_calls = [channels[1].unary_unary("/milvus.proto.milvus.MilvusService/Search", request_serializer=None,
+                                            response_deserializer=milvus_pb2.SearchResults.FromString)] * 16
     insert_calls[0](insert_body(64 * 1024), timeout=30)  # connections up before the baseline
     body, query = insert_body(int(3.9 * MIB)), search_body(2 * MIB)
     idle_kib = sy.rss_kib()
