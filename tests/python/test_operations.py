@@ -369,6 +369,8 @@ def test_metrics_after_a_scripted_workload_with_one_switchover(bed_factory):
     before = bed.counters()
     for _ in range(W2):
         insert(raw, [next(next_id)])
+    # A serves reads again once switchyard has seen it apply a write of the new primary's.
+    wait_until(lambda: clusters_view(bed)["cluster-a"]["serves_reads"], timeout=10, what="cluster-a serving reads")
     for _ in range(R2):
         search(raw)
     for _ in range(C2):
