@@ -115,6 +115,12 @@ pub async fn run(control: std::sync::Weak<Control>) {
 
 /// One decision over the clusters' views.
 pub fn round(c: &Control, seen: &[(String, String)], disagree_since: &mut Option<Instant>) {
+    // Decided now, not when the views were asked for: a job may have started meanwhile, and a
+    // job (running, or cut short and being recovered) owns the topology until its intent is
+    // cleared. Adopting here would also erase that intent (a commit ends any job).
+    if matches!(c.state().0, ProxyState::Switching | ProxyState::FailingOver) || c.pending_job().is_some() {
+        return;
+    }
     let topo = c.topology();
     let mut primaries: Vec<&String> = seen.iter().map(|(_, p)| p).collect();
     primaries.sort();
@@ -140,7 +146,15 @@ pub fn round(c: &Control, seen: &[(String, String)], disagree_since: &mut Option
                     }
                 }
             }
-            if c.state().1.is_some_and(|r| r.starts_with("clusters disagree")) {
+            // ABNORMAL ends by itself once every reachable cluster agrees on one primary that
+            // is not fenced, no job runs and no job intent is persisted (checked above: a
+            // restart's recovery, or a job that failed with the clusters in an unknown state,
+            // keeps it until resolved), whatever set it.
+            let fenced = c.topology().fenced.contains(&p);
+            if let Some(reason) = c.state().1
+                && !fenced
+            {
+                tracing::info!(primary = %p, was = %reason, "every reachable cluster agrees on the primary; ABNORMAL cleared");
                 c.set_abnormal(None);
             }
             c.gate.release(HoldKey::Discovery);
@@ -192,5 +206,61 @@ mod tests {
         assert_eq!(primary_of("b", Some(&cfg(&["a", "b", "c"], &[("a", "b"), ("a", "c")]))), "a");
         assert_eq!(primary_of("b", None), "b");
         assert_eq!(primary_of("b", Some(&cfg(&["b"], &[]))), "b");
+    }
+
+    fn control(dir: &std::path::Path) -> std::sync::Arc<Control> {
+        let toml = format!(
+            "[state]\npath = \"{}\"\n\
+             [[clusters]]\nid=\"a\"\nuri=\"http://127.0.0.1:1\"\npchannels=1\nrole=\"primary\"\n\
+             [[clusters]]\nid=\"b\"\nuri=\"http://127.0.0.1:2\"\npchannels=1\nrole=\"standby\"\n",
+            dir.join("state.json").display()
+        );
+        Control::new(crate::config::Config::from_toml(&toml, dir).unwrap()).unwrap()
+    }
+
+    fn agree_on_b() -> Vec<(String, String)> {
+        vec![("a".into(), "b".into()), ("b".into(), "b".into())]
+    }
+
+    #[tokio::test]
+    async fn abnormal_clears_itself_when_every_cluster_agrees_and_no_job_is_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = control(dir.path());
+        c.set_abnormal(Some("switchover to b: a has demoted, and b did not finish promotion".into()));
+        round(&c, &agree_on_b(), &mut None);
+        assert_eq!(c.state().1, None, "cleared");
+        assert_eq!(c.topology().primary.as_deref(), Some("b"), "the agreed primary adopted");
+    }
+
+    #[tokio::test]
+    async fn abnormal_stays_while_a_job_intent_is_persisted() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = control(dir.path());
+        let job = crate::state::PendingJob {
+            id: "j".into(),
+            kind: "switchover".into(),
+            from: Some("a".into()),
+            to: "b".into(),
+            old_config: None,
+            new_config: None,
+        };
+        c.record_job(Some(job)).unwrap();
+        c.set_abnormal(Some("recovering".into()));
+        round(&c, &agree_on_b(), &mut None);
+        assert!(c.state().1.is_some(), "a persisted intent keeps ABNORMAL until recovery resolves it");
+    }
+
+    #[tokio::test]
+    async fn abnormal_stays_when_the_agreed_primary_is_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = control(dir.path());
+        let mut t = c.topology();
+        t.fenced.push("a".into());
+        t.epoch += 1;
+        c.commit(t).unwrap();
+        c.set_abnormal(Some("force promote of b failed".into()));
+        // Only b answers, and it still names the fenced a.
+        round(&c, &[("b".into(), "a".into())], &mut None);
+        assert!(c.state().1.is_some(), "never back to a fenced primary by agreement alone");
     }
 }

@@ -107,15 +107,6 @@ impl State {
         Ok(tick)
     }
 
-    /// Cancels log entry `index` (an unsent fence).
-    pub(crate) fn cancel(&mut self, index: u64) -> std::io::Result<()> {
-        if let Some(store) = self.store.as_mut() {
-            store.log.cancel(index)?;
-        }
-        self.cancelled.insert(index);
-        Ok(())
-    }
-
     /// The first log index whose tick is above `tick`.
     pub(crate) fn first_after(&self, tick: u64) -> u64 {
         self.log.partition_point(|e| e.tick <= tick) as u64

@@ -18,12 +18,13 @@
 //! - Taking a configuration that makes this cluster the centre is a promotion: targets
 //!   start at the current end of the log (their floor) and the new primary appends a fence
 //!   of its own, which tells its new secondaries it has taken over.
-//! - A demoted cluster that has heard nothing from its new source, and whose demotion fence
-//!   the new source has not confirmed, asked to be the centre again, re-promotes at once
-//!   (rollback): its unsent fences are cancelled and a fence carrying the restored
-//!   configuration supersedes any that was sent. Once the new source has confirmed that
-//!   fence it may have promoted and taken writes still on their way here, so the cluster
-//!   waits for the source's own fence instead, as Milvus always does.
+//! - A demoted cluster asked to be the centre again is a secondary like any other: the call
+//!   waits until the cluster's configuration equals the one sent, which happens only when its
+//!   new source, once primary, sends it (a switch back). Milvus has no other way back: a
+//!   non-force configuration sent to a secondary fails its broadcast with `ErrNotPrimary`
+//!   (`internal/streamingcoord/server/broadcaster/broadcaster.go`) and waits
+//!   (`waitUntilPrimaryChangeOrConfigurationSame`, `internal/streamingcoord/server/service/assignment.go`).
+//!   Its new source promotes by itself once it has applied this cluster's log up to the fence.
 //! - Force promote makes a secondary the only cluster of its configuration at once, and
 //!   keeps the last checkpoints from its old source as salvage checkpoints.
 
@@ -160,14 +161,10 @@ fn take_as_primary(st: &mut State, cfg: &ReplicateConfiguration) -> std::io::Res
     st.save(true)
 }
 
-/// A secondary takes `cfg` now if it may (rollback, or its fence is applied) and returns
-/// true; otherwise it makes `cfg` pending and returns false.
+/// A secondary takes `cfg` now if its source's fence for it is applied and returns true;
+/// otherwise it makes `cfg` pending and returns false (a demoted cluster included: Milvus
+/// does not undo a demotion, see the module doc).
 fn take_as_secondary(st: &mut State, cfg: &ReplicateConfiguration) -> std::io::Result<bool> {
-    let centre_again = role_of(Some(cfg), &st.me) == Role::Primary;
-    if centre_again && st.demoted && !st.heard_from_source && !source_has_our_fence(st) {
-        rollback(st, cfg)?;
-        return Ok(true);
-    }
     if fence_complete(st, cfg) {
         take_after_fence(st, cfg)?;
         return Ok(true);
@@ -176,43 +173,6 @@ fn take_as_secondary(st: &mut State, cfg: &ReplicateConfiguration) -> std::io::R
     tracing::info!("replicate configuration pending until the source's fence arrives");
     st.save(true)?;
     Ok(false)
-}
-
-/// Whether the new source has confirmed the fence that demoted this cluster (its drain is
-/// done). Then it has taken the new configuration and may have promoted and acknowledged
-/// writes that have not arrived here yet (replication delay), so this is no rollback:
-/// re-promoting now would lose them. Milvus never re-promotes a secondary by itself; it
-/// waits until the source's fence brings the configuration, and so does this cluster then.
-fn source_has_our_fence(st: &State) -> bool {
-    match st.role() {
-        Role::Secondary { source } => !st.drains.iter().any(|d| d.cluster_id == source),
-        Role::Primary => false,
-    }
-}
-
-fn rollback(st: &mut State, cfg: &ReplicateConfiguration) -> std::io::Result<()> {
-    let sent = st.drains.iter().map(|d| st.fetched.get(&d.cluster_id).copied().unwrap_or(0)).max().unwrap_or(0);
-    let current = st.config.clone();
-    let unsent: Vec<u64> = st
-        .log
-        .iter()
-        .skip(sent as usize)
-        .filter(|e| matches!(&e.kind, super::log::EntryKind::Fence { config } if Some(config) == current.as_ref()))
-        .map(|e| e.index)
-        .filter(|i| !st.cancelled.contains(i))
-        .collect();
-    for i in unsent {
-        st.cancel(i)?;
-    }
-    st.drains.clear();
-    st.config = Some(cfg.clone());
-    st.pending = None;
-    st.fence = None;
-    st.demoted = false;
-    st.heard_from_source = false;
-    st.append_fences(cfg)?;
-    tracing::info!("re-promoted: rollback before the new primary sent anything");
-    st.save(true)
 }
 
 fn fence_complete(st: &State, cfg: &ReplicateConfiguration) -> bool {

@@ -1,4 +1,29 @@
 //! The planned switchover, step by step, and recovery of one cut short by a restart.
+//!
+//! # Rolling back, and when Milvus cannot
+//!
+//! The old primary A is told first, then the target B. What Milvus does with a configuration
+//! decides what switchyard may do when B does not promote in time:
+//! - Before A accepted the new configuration, nothing has changed: the old configuration sent
+//!   again is "the same configuration" and succeeds at once on any role
+//!   (`errReplicateConfigurationSame` in `internal/streamingcoord/server/service/assignment.go`),
+//!   so the switchover is rolled back and held writes go to A.
+//! - Once A has accepted it, A is secondary. Milvus has no rule to undo that: a non-force
+//!   configuration sent to a secondary fails its broadcast with `ErrNotPrimary`
+//!   (`internal/streamingcoord/server/broadcaster/broadcaster.go`) and the call only waits
+//!   until the cluster's configuration equals the one sent (`waitUntilPrimaryChangeOrConfigurationSame`
+//!   in `assignment.go`), which for A happens only when a new primary sends it. B, for its
+//!   part, promotes by itself once it has applied A's log up to A's switchover message
+//!   (the fence), whatever switchyard does. So after A demoted the switchover is rolled
+//!   *forward*: switchyard waits for B up to `promote_timeout`; if B still has not promoted,
+//!   the job fails and the proxy is `ABNORMAL` with the operator's choices spelled out (wait for
+//!   B, whose promotion discovery then adopts and which clears `ABNORMAL` by itself; or force a
+//!   failover to B, which loses what A had not yet replicated and reports it). Writes are
+//!   refused as "not sent" meanwhile: there is no primary to send them to.
+//! - A call to A that failed may still have demoted A (Milvus keeps broadcasting a registered
+//!   change in the background, `broadcaster/broadcast_manager.go`): the job reads A's own
+//!   configuration to decide which of the two cases it is in, and if A demotes later anyway,
+//!   discovery sees B promote and adopts it.
 
 use std::time::{Duration, Instant};
 
@@ -154,14 +179,39 @@ pub async fn run(c: &Control, mut log: JobLog, plan: Plan) {
             let _ = c.record_job(None);
             return abandon(c, &mut log, held_before, &format!("{from} refused the new configuration: {reason}"));
         }
-        Err(e) => return roll_back(c, &mut log, &plan, held_before, &e.to_string()).await,
+        Err(e) => {
+            // Failed, but it may have been applied: A's own configuration tells.
+            let timeout = cfg.health.timeout.max(Duration::from_secs(2));
+            match discovery::read_config(&a, timeout).await {
+                Ok(Some(now)) if discovery::primary_of(&from, Some(&now)) == target => {
+                    log.done(format!("{from} answered {e}, but it has taken the new configuration: it rejects writes"));
+                }
+                Ok(_) => return roll_back(c, &mut log, &plan, held_before, &e.to_string()).await,
+                Err(read) => {
+                    let why = format!(
+                        "telling {from} failed ({e}) and its configuration cannot be read ({read}): whether it \
+                         demoted is unknown"
+                    );
+                    return fail_unknown(c, &mut log, held_before, &why);
+                }
+            }
+        }
     }
 
     log.step(&format!("promote {target}"));
     let left = deadline.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
     if let Err(e) = plan::send(&b, &plan.new, false, left).await {
-        let reason = format!("{target} did not finish promotion within promote_timeout ({deadline:?}): {e}");
-        return roll_back(c, &mut log, &plan, held_before, &reason).await;
+        // A has demoted: Milvus cannot undo that (see the module doc), so no roll back.
+        let why = format!(
+            "switchover to {target}: {from} has demoted, and {target} did not finish promotion within \
+             promote_timeout ({deadline:?}): {e}. Milvus cannot undo a demotion, so switchyard does not roll back: \
+             {target} promotes by itself once it has applied {from}'s log up to the switchover (check the CDC from \
+             {from} to {target}); switchyard adopts it then and resumes writes. To stop waiting instead: \
+             `switchyard ctl failover --to {target}` (force promote; what {from} had not replicated is lost and \
+             reported)"
+        );
+        let _ = c.record_job(None);
+        return fail_unknown(c, &mut log, held_before, &why);
     }
     log.done(format!("{target} applied {from}'s remaining log and promoted"));
 
@@ -240,8 +290,23 @@ fn abandon(c: &Control, log: &mut JobLog, held_before: u64, reason: &str) {
     log.finish(JobState::RolledBack, Some(reason.to_string()));
 }
 
-/// Undoes a switchover whose target did not promote: the old configuration to the target
-/// (replacing its pending one), then to the old primary (which takes writes again).
+/// Ends a job with the proxy `ABNORMAL` for `why`: no primary to send writes to, held writes
+/// released (answered "not sent"). Discovery clears it once every reachable cluster agrees
+/// on one primary and no job intent is left.
+fn fail_unknown(c: &Control, log: &mut JobLog, held_before: u64, why: &str) {
+    tracing::error!(reason = why, "switchover failed; ABNORMAL");
+    c.set_state(ProxyState::Running);
+    c.set_abnormal(Some(why.to_string()));
+    c.gate.release(HoldKey::Switchover);
+    c.publish();
+    record_holds(c, log, held_before);
+    c.count_change(ChangeKind::Switchover, ChangeResult::Failed);
+    log.finish(JobState::Failed, Some(why.to_string()));
+}
+
+/// Undoes a switchover that the old primary never took: the old configuration to the target
+/// (harmless: it still has it; clears nothing pending since it was never told), and a check
+/// that every cluster names the old primary.
 async fn roll_back(c: &Control, log: &mut JobLog, plan: &Plan, held_before: u64, reason: &str) {
     log.done(reason.to_string());
     log.step("roll back");
@@ -265,7 +330,8 @@ async fn roll_back(c: &Control, log: &mut JobLog, plan: &Plan, held_before: u64,
     }
 }
 
-/// Sends `old` to `target` then `from`, and checks every cluster names `from` again.
+/// Sends `old` to `target` then `from` (each still holds it: "the same configuration"
+/// succeeds at once), and checks every cluster names `from` again.
 async fn restore(c: &Control, from: &str, target: &str, old: &ReplicateConfiguration) -> Result<(), String> {
     let t = Duration::from_secs(10);
     if let Some(b) = c.cluster(target) {
@@ -320,73 +386,98 @@ pub async fn recover(c: &Control, mut log: JobLog, job: PendingJob, key: HoldKey
 }
 
 /// One attempt at recovery: what was done, or why it could not be.
+///
+/// A switchover tells the old primary first and the target only after the old primary took
+/// the new configuration, so the old primary's own configuration decides: demoted → finish
+/// (roll forward, as the job would have); still primary → nothing changed anywhere, so the
+/// job just ends (the target is not needed). Only when the old primary cannot be read is the
+/// target asked whether it promoted. A failover (the old primary is fenced, maybe dead) asks
+/// the target.
 async fn recover_once(c: &Control, job: &PendingJob) -> Result<(String, ChangeResult), String> {
     let target = c.cluster(&job.to).ok_or_else(|| format!("it names unknown cluster {}", job.to))?;
     let t = Duration::from_secs(5);
+    if job.kind == "switchover" {
+        let from = job.from.clone().ok_or("it names no old primary")?;
+        let from_cluster = c.cluster(&from).ok_or_else(|| format!("it names unknown cluster {from}"))?;
+        match discovery::read_config(&from_cluster, t).await {
+            Ok(cfg) => {
+                let cfg = cfg.filter(|cfg| !cfg.clusters.is_empty());
+                return match cfg.filter(|cfg| discovery::primary_of(&from, Some(cfg)) == job.to) {
+                    Some(demoted) => roll_forward(c, &target, &from, &job.to, &demoted).await,
+                    None => {
+                        c.record_job(None).map_err(|e| format!("cannot persist the end of the job: {e}"))?;
+                        Ok((
+                            format!(
+                                "{from} had not demoted (nothing was changed on any cluster): rolled back, {from} is primary"
+                            ),
+                            ChangeResult::RolledBack,
+                        ))
+                    }
+                };
+            }
+            Err(e) => tracing::warn!(cluster = %from, error = %e, "old primary unreadable; asking the target"),
+        }
+    }
     let target_cfg = discovery::read_config(&target, t)
         .await
         .map_err(|e| format!("cannot read the replicate configuration of {}: {e}", job.to))?;
     let promoted = target_cfg.as_ref().is_some_and(|cfg| discovery::primary_of(&job.to, Some(cfg)) == job.to);
-    if promoted || job.kind == "failover" {
-        let mut how = format!("{} had promoted", job.to);
-        if !promoted {
-            let current = target_cfg.clone().unwrap_or_default();
-            let shape = plan::force_promote(c, &target, &current, Duration::from_secs(30))
-                .await
-                .map_err(|e| format!("force promote of {} failed: {e}", job.to))?;
-            how = format!("{} force-promoted with the {shape}", job.to);
-        }
-        let mut topo = c.topology();
-        if topo.primary.as_deref() != Some(job.to.as_str()) {
-            topo = topo.promoted(&job.to);
-        }
-        if job.kind == "failover" {
-            if let Some(a) = job.from.as_deref() {
-                topo.standbys.retain(|s| s != a);
-            }
-            let others: Vec<String> = topo.standbys.iter().filter(|s| !topo.rebuild.contains(s)).cloned().collect();
-            topo.rebuild.extend(others);
-        }
-        c.commit(topo).map_err(|e| format!("cannot persist the recovered topology: {e}"))?;
-        return Ok((format!("{how}: job finished, {} is primary", job.to), ChangeResult::Succeeded));
-    }
-    let from = job.from.clone().ok_or("it names no old primary")?;
-    let from_cluster = c.cluster(&from).ok_or_else(|| format!("it names unknown cluster {from}"))?;
-    let from_cfg = discovery::read_config(&from_cluster, t)
-        .await
-        .map_err(|e| format!("cannot read the replicate configuration of {from}: {e}"))?
-        .filter(|cfg| !cfg.clusters.is_empty());
-    if let Some(demoted) = from_cfg.filter(|cfg| discovery::primary_of(&from, Some(cfg)) == job.to) {
-        // The old primary took the new configuration: Milvus cannot undo that (the target
-        // promotes once it has applied the old primary's log up to the demotion), so finish
-        // the switchover rather than roll it back. Nothing acknowledged is lost either way.
-        let new = plan::recentred(c, &demoted, &job.to);
-        let deadline = c.config().switchover.promote_timeout;
-        plan::send(&target, &new, false, deadline)
-            .await
-            .map_err(|e| format!("{from} had demoted; {} has not promoted yet: {e}", job.to))?;
-        for m in new.clusters.iter().filter(|m| m.cluster_id != from && m.cluster_id != job.to) {
-            if let Some(other) = c.cluster(&m.cluster_id)
-                && let Err(e) = plan::send(&other, &new, false, Duration::from_secs(10)).await
-            {
-                tracing::warn!(cluster = %m.cluster_id, error = %e, "could not repoint a standby");
-            }
-        }
-        let mut topo = c.topology();
-        if topo.primary.as_deref() != Some(job.to.as_str()) {
-            topo = topo.promoted(&job.to);
-        }
-        c.commit(topo).map_err(|e| format!("cannot persist the recovered topology: {e}"))?;
-        return Ok((
-            format!("{from} had demoted: switchover finished, {} promoted and is primary", job.to),
-            ChangeResult::Succeeded,
+    if !promoted && job.kind != "failover" {
+        return Err(format!(
+            "{} cannot be read and {} has not promoted: whether the old primary demoted is unknown",
+            job.from.as_deref().unwrap_or("the old primary"),
+            job.to
         ));
     }
-    let current = target_cfg
-        .filter(|cfg| !cfg.clusters.is_empty())
-        .ok_or_else(|| format!("{} has no replicate configuration to roll back with", job.to))?;
-    let old = plan::recentred(c, &current, &from);
-    restore(c, &from, &job.to, &old).await?;
-    c.record_job(None).map_err(|e| format!("cannot persist the end of the job: {e}"))?;
-    Ok((format!("{from} had not demoted: rolled back, {from} is primary"), ChangeResult::RolledBack))
+    let mut how = format!("{} had promoted", job.to);
+    if !promoted {
+        let current = target_cfg.clone().unwrap_or_default();
+        let shape = plan::force_promote(c, &target, &current, Duration::from_secs(30))
+            .await
+            .map_err(|e| format!("force promote of {} failed: {e}", job.to))?;
+        how = format!("{} force-promoted with the {shape}", job.to);
+    }
+    let mut topo = c.topology();
+    if topo.primary.as_deref() != Some(job.to.as_str()) {
+        topo = topo.promoted(&job.to);
+    }
+    if job.kind == "failover" {
+        if let Some(a) = job.from.as_deref() {
+            topo.standbys.retain(|s| s != a);
+        }
+        let others: Vec<String> = topo.standbys.iter().filter(|s| !topo.rebuild.contains(s)).cloned().collect();
+        topo.rebuild.extend(others);
+    }
+    c.commit(topo).map_err(|e| format!("cannot persist the recovered topology: {e}"))?;
+    Ok((format!("{how}: job finished, {} is primary", job.to), ChangeResult::Succeeded))
+}
+
+/// The old primary took the new configuration: Milvus cannot undo that (the target promotes
+/// once it has applied the old primary's log up to the demotion), so the switchover is
+/// finished rather than rolled back. Nothing acknowledged is lost either way.
+async fn roll_forward(
+    c: &Control,
+    target: &crate::routing::Cluster,
+    from: &str,
+    to: &str,
+    demoted: &ReplicateConfiguration,
+) -> Result<(String, ChangeResult), String> {
+    let new = plan::recentred(c, demoted, to);
+    let deadline = c.config().switchover.promote_timeout;
+    plan::send(target, &new, false, deadline)
+        .await
+        .map_err(|e| format!("{from} had demoted; {to} has not promoted yet: {e}"))?;
+    for m in new.clusters.iter().filter(|m| m.cluster_id != from && m.cluster_id != to) {
+        if let Some(other) = c.cluster(&m.cluster_id)
+            && let Err(e) = plan::send(&other, &new, false, Duration::from_secs(10)).await
+        {
+            tracing::warn!(cluster = %m.cluster_id, error = %e, "could not repoint a standby");
+        }
+    }
+    let mut topo = c.topology();
+    if topo.primary.as_deref() != Some(to) {
+        topo = topo.promoted(to);
+    }
+    c.commit(topo).map_err(|e| format!("cannot persist the recovered topology: {e}"))?;
+    Ok((format!("{from} had demoted: switchover finished, {to} promoted and is primary"), ChangeResult::Succeeded))
 }

@@ -367,10 +367,15 @@ def test_restart_with_state_dir_keeps_role_configuration_and_position(standin_fa
 
 # --- Beyond the list: rollback, protocol edges and faults the proxy's tests rely on
 
-def test_rollback_after_the_new_primary_times_out(pair):
+def test_a_demoted_cluster_does_not_take_its_role_back(pair):
+    """As in Milvus: once A has taken a configuration naming B primary, the old configuration sent
+    to A again does not undo it (the call waits until A's configuration equals it, and fails at
+    its deadline: A stays secondary); B promotes once it has applied A's log up to the fence;
+    the way back is a switch back from B."""
     a, b = pair.a, pair.b
-    ca, cb = a.client(), b.client()
+    ca = a.client()
     ca.create_collection("rb", dimension=4)
+    ca.insert("rb", rows(0, 3))
     a.control("/fault/replication/pause")
     x = star(b, [a], TOKENS)
     update(a, x)
@@ -378,15 +383,19 @@ def test_rollback_after_the_new_primary_times_out(pair):
         update(b, x, timeout=1.5)
     assert "timeout waiting for the fence" in e.value.message
     assert b.state()["role"] == "secondary" and b.state()["pending"] == redacted(x)
+    with pytest.raises(MilvusException):
+        update(a, pair.config, timeout=1.5)  # no undoing a demotion
+    assert a.state()["role"] == "secondary" and b.state()["role"] == "secondary"
 
-    update(b, pair.config)  # the old configuration clears the pending one
-    assert b.state()["pending"] is None
-    update(a, pair.config)  # A has heard nothing from B: it takes its role back at once
-    assert a.state()["role"] == "primary"
     a.control("/fault/replication/resume")
-    ca.insert("rb", rows(0, 3))
-    wait_until(lambda: cb.has_collection("rb") and count_rows(cb, "rb") == 3, what="rows on B after rollback")
-    assert b.state()["role"] == "secondary"
+    update(b, x)  # returns once A's fence is applied: B is primary
+    assert b.state()["role"] == "primary" and a.state()["role"] == "secondary"
+    cb = b.client()
+    wait_until(lambda: cb.has_collection("rb") and count_rows(cb, "rb") == 3, what="A's rows on B")
+    # The way back: B is told first, then A, which promotes once B's fence arrives.
+    update(b, pair.config)
+    update(a, pair.config)
+    assert a.state()["role"] == "primary" and b.state()["role"] == "secondary"
 
 
 def test_other_secondary_follows_the_new_primary(standin_factory, lite_factory):
