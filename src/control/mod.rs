@@ -85,6 +85,9 @@ pub struct Control {
     pub rediscover: Notify,
     /// Readiness (`/readyz`); off while shutting down.
     pub ready: AtomicBool,
+    /// Serialises [`Control::publish`]: a table is built from the inputs read under it and
+    /// stored before the next publisher reads them, so no older table is ever stored last.
+    publishing: Mutex<()>,
     me: Weak<Control>,
 }
 
@@ -157,6 +160,7 @@ impl Control {
             role_changes: Default::default(),
             rediscover: Notify::new(),
             ready: AtomicBool::new(true),
+            publishing: Mutex::new(()),
             me: me.clone(),
         }))
     }
@@ -328,7 +332,13 @@ impl Control {
 
     /// Rebuilds the routing table from the topology, the proxy state and the monitor's
     /// views, and stores it if anything routing depends on changed.
+    ///
+    /// Publishers (a job, discovery, a health change, the data path after a refusal) are
+    /// serialised, each reading the inputs after the previous one stored its table, so the
+    /// table stored last is built from the newest inputs; and a table never replaces one with
+    /// a higher epoch.
     pub fn publish(&self) {
+        let _one_at_a_time = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
         let (topology, state, abnormal) = {
             let g = self.lock();
             (g.topology.clone(), g.state, g.abnormal.clone())
@@ -349,6 +359,14 @@ impl Control {
             serving.iter().any(|s| s == &*c.id)
         });
         let current = self.routing.load();
+        if table.epoch < current.epoch {
+            tracing::error!(
+                current = current.epoch,
+                built = table.epoch,
+                "a routing table older than the one in force was not stored"
+            );
+            return;
+        }
         if !same_routing(&current, &table) {
             tracing::info!(
                 epoch = table.epoch,
@@ -463,4 +481,72 @@ fn same_routing(a: &RoutingTable, b: &RoutingTable) -> bool {
         && a.fenced == b.fenced
         && a.rebuild == b.rebuild
         && *a.policy == *b.policy
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn control(dir: &std::path::Path) -> Arc<Control> {
+        let toml = format!(
+            "[state]\npath = \"{}\"\n\
+             [[clusters]]\nid=\"a\"\nuri=\"http://127.0.0.1:1\"\npchannels=1\nrole=\"primary\"\n\
+             [[clusters]]\nid=\"b\"\nuri=\"http://127.0.0.1:2\"\npchannels=1\nrole=\"standby\"\n",
+            dir.join("state.json").display()
+        );
+        Control::new(crate::config::Config::from_toml(&toml, dir).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn concurrent_publishers_never_regress_the_epoch_and_the_last_table_is_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = control(dir.path());
+        let stop = Arc::new(AtomicBool::new(false));
+        /// Stops the other threads however the test thread leaves the scope (a failed assert
+        /// must fail the test, not hang it).
+        struct Stop(Arc<AtomicBool>);
+        impl Drop for Stop {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        std::thread::scope(|s| {
+            let _stop = Stop(stop.clone());
+            // Publishers racing one another (a health change, the data path, discovery).
+            for _ in 0..4 {
+                let (c, stop) = (c.clone(), stop.clone());
+                s.spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        c.publish();
+                    }
+                });
+            }
+            // A watcher: the epoch in force only ever goes up.
+            let (cw, stopw) = (c.clone(), stop.clone());
+            let watcher = s.spawn(move || {
+                let mut last = 0;
+                let mut seen = 0;
+                while !stopw.load(Ordering::Relaxed) {
+                    let e = cw.routing().load().epoch;
+                    assert!(e >= last, "epoch went from {last} back to {e}");
+                    last = e;
+                    seen += 1;
+                }
+                seen
+            });
+            // Role changes, each at a new epoch, alternating the primary (adopt: no disk).
+            for i in 0..2000u64 {
+                let t = c.topology();
+                let next = if t.primary.as_deref() == Some("a") { "b" } else { "a" };
+                c.adopt(t.promoted(next));
+                assert!(c.routing().load().epoch >= i, "after adopt {i}");
+            }
+            stop.store(true, Ordering::Relaxed);
+            assert!(watcher.join().unwrap() > 0);
+        });
+        c.publish();
+        let (t, table) = (c.topology(), c.routing().load_full());
+        assert_eq!(table.epoch, t.epoch, "the table in force is built from the newest topology");
+        assert_eq!(table.primary.as_ref().map(|p| p.id.to_string()), t.primary, "and names its primary");
+    }
 }
