@@ -50,8 +50,12 @@
 //! Foundations: [`config`] (raw → validated, every problem at once; diff for reload),
 //! [`grpc`] (frames, status codes, a unary client), [`proto`] (prost types from `proto/`),
 //! [`body`], [`encoding`], [`tls`], [`telemetry`], [`shutdown`], [`app`] (wiring and the
-//! shutdown order). [`standin`] is `milvus-standin`, a Milvus 2.6 cluster with CDC for tests,
-//! demos and drills (never a replacement for Milvus CDC).
+//! shutdown order).
+//!
+//! The library is the proxy only. `milvus-standin`, a Milvus 2.6 cluster with CDC for tests,
+//! demos and drills (never a replacement for Milvus CDC), is a binary of its own in
+//! `src/bin/milvus-standin/`: it builds on [`proto`], [`grpc`], [`body`], [`method`],
+//! [`upstream`] and [`encoding`], and nothing here depends on it.
 #![warn(missing_docs)]
 
 pub mod admin;
@@ -71,7 +75,6 @@ pub mod proto;
 pub mod proxy;
 pub mod routing;
 pub mod shutdown;
-pub mod standin;
 pub mod state;
 pub mod switchover;
 pub mod telemetry;

@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use prost::Message;
 
-use crate::proto::common::{ImmutableMessage, MessageId, ReplicateConfiguration, WalName};
+use switchyard::proto::common::{ImmutableMessage, MessageId, ReplicateConfiguration, WalName};
 
 /// Bits of a hybrid time tick below the physical milliseconds.
 pub(crate) const LOGICAL_BITS: u32 = 18;
@@ -221,8 +221,8 @@ mod tests {
         let pch = vec!["a-rootcoord-dml_0".to_string(), "a-rootcoord-dml_1".to_string()];
         let w = entry(0, EntryKind::Write { method: "Insert".into(), dbname: "default".into() });
         let f = Entry {
-            payload: Bytes::from(crate::standin::config::tests::star("b", &["a", "b"], 2).encode_to_vec()),
-            ..entry(1, EntryKind::Fence { config: crate::standin::config::tests::star("b", &["a", "b"], 2) })
+            payload: Bytes::from(crate::config::tests::star("b", &["a", "b"], 2).encode_to_vec()),
+            ..entry(1, EntryKind::Fence { config: crate::config::tests::star("b", &["a", "b"], 2) })
         };
         {
             let (mut log, loaded) = LogFile::open(&path).expect("open");

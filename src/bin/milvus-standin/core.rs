@@ -26,8 +26,8 @@ use super::faults::{Counters, Faults};
 use super::log::{Entry, EntryKind, Loaded, next_tick};
 use super::persist::{Checkpoint, Drain, FenceJson, Persisted, Store};
 use super::replicator::ReplicatorHandle;
-use crate::proto::common::ReplicateConfiguration;
-use crate::upstream::Upstream;
+use switchyard::proto::common::ReplicateConfiguration;
+use switchyard::upstream::Upstream;
 
 /// Fences received from the current source since its last write.
 #[derive(Debug, Clone, PartialEq)]

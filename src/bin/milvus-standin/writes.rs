@@ -23,13 +23,13 @@ use hyper::body::Incoming;
 use super::core::Core;
 use super::faults::bump;
 use super::wire;
-use crate::body::{self, Body};
-use crate::grpc::{Code, GrpcStatus};
-use crate::method::{Kind, Method, Reply, WriteClass};
-use crate::proto::common::{ErrorCode, Status};
+use switchyard::body::{self, Body};
+use switchyard::grpc::{Code, GrpcStatus};
+use switchyard::method::{Kind, Method, Reply, WriteClass};
+use switchyard::proto::common::{ErrorCode, Status};
 
 /// The reasons a write gets on a secondary: Milvus's own texts, shared with the proxy that matches them.
-pub(crate) use crate::proxy::reply::{DDL_NOT_PRIMARY as DDL_ON_SECONDARY, DML_NOT_PRIMARY as DML_ON_SECONDARY};
+pub(crate) use switchyard::proxy::reply::{DDL_NOT_PRIMARY as DDL_ON_SECONDARY, DML_NOT_PRIMARY as DML_ON_SECONDARY};
 
 /// Handles a client write (`method` is `None` for a path outside the table).
 pub(crate) async fn handle(
@@ -101,7 +101,7 @@ pub(crate) async fn handle(
         if matches!(rpc.as_str(), "Insert" | "Upsert" | "Delete")
             && let Some(out) = msg.as_deref().and_then(|m| wire::set_varint_field(m, 9, tick))
         {
-            data = crate::grpc::frame::frame_bytes(&out);
+            data = switchyard::grpc::frame::frame_bytes(&out);
             parts.headers.remove(http::header::CONTENT_LENGTH);
         }
     }

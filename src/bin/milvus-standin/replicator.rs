@@ -42,15 +42,15 @@ use super::config::{Role, targets};
 use super::core::{Core, lock};
 use super::log::{Entry, tick_ms};
 use super::wire;
-use crate::body::Body;
-use crate::grpc::client::{CallOptions, unary};
-use crate::grpc::{self, Code, FrameDecoder, GrpcStatus};
-use crate::method::SERVICE_PREFIX;
-use crate::proto::milvus::{
+use switchyard::body::Body;
+use switchyard::grpc::client::{CallOptions, unary};
+use switchyard::grpc::{self, Code, FrameDecoder, GrpcStatus};
+use switchyard::method::SERVICE_PREFIX;
+use switchyard::proto::milvus::{
     GetReplicateInfoRequest, GetReplicateInfoResponse, ReplicateMessage, ReplicateRequest, ReplicateResponse,
     replicate_request, replicate_response,
 };
-use crate::upstream::{TlsSettings, Upstream, UpstreamSettings};
+use switchyard::upstream::{TlsSettings, Upstream, UpstreamSettings};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -364,7 +364,7 @@ fn stream_request(core: &Core, spec: &Spec, body: Body) -> Request<Body> {
         h.insert("cluster-id", v);
     }
     if !spec.token.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&crate::encoding::base64(spec.token.as_bytes()))
+        && let Ok(v) = HeaderValue::from_str(&switchyard::encoding::base64(spec.token.as_bytes()))
     {
         h.insert("authorization", v);
     }

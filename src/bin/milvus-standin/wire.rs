@@ -15,10 +15,10 @@ use http_body::Frame;
 use prost::Message;
 use tokio::sync::mpsc;
 
-use crate::body::{self, Body, BoxError};
-use crate::grpc::{self, Code, GrpcStatus};
-use crate::method::Reply;
-use crate::proto::common::{ErrorCode, Status};
+use switchyard::body::{self, Body, BoxError};
+use switchyard::grpc::{self, Code, GrpcStatus};
+use switchyard::method::Reply;
+use switchyard::proto::common::{ErrorCode, Status};
 
 /// One field of a protobuf message: its number, wire type and the bytes of its value
 /// (for length-delimited fields, the payload without its length prefix).
@@ -171,7 +171,7 @@ pub(crate) fn failed_status(reason: impl Into<String>) -> Status {
 
 /// Encodes a response message holding `status`, in the shape `reply` names.
 pub(crate) fn reply_with_status(reply: Reply, status: &Status) -> Option<Bytes> {
-    crate::error::reply_with_status(reply, status)
+    switchyard::error::reply_with_status(reply, status)
 }
 
 /// The unframed message of a complete unary gRPC body; `None` unless it is exactly one
@@ -259,7 +259,7 @@ pub(crate) fn broken_body() -> Body {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::milvus::MutationResult;
+    use switchyard::proto::milvus::MutationResult;
 
     #[test]
     fn sets_timestamp_and_keeps_unknown_fields() {
@@ -285,7 +285,7 @@ mod tests {
 
     #[test]
     fn reads_collection_name() {
-        let req = crate::proto::milvus::InsertRequest { collection_name: "books".into(), ..Default::default() };
+        let req = switchyard::proto::milvus::InsertRequest { collection_name: "books".into(), ..Default::default() };
         assert_eq!(string_field(&req.encode_to_vec(), 3).as_deref(), Some("books"));
         assert!(fields(&[0x0b]).is_none());
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::method::{Kind, ReadClass};
+use switchyard::method::{Kind, ReadClass};
 
 /// The faults in force.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

@@ -1,6 +1,11 @@
 //! `milvus-standin`: one Milvus 2.6 cluster with CDC, on one machine, for tests, demos and
 //! switchover drills. It is a test tool shipped with switchyard, never a replacement for
-//! Milvus CDC (see `shared/spec/milvus-standin.md`).
+//! Milvus CDC (see `shared/spec/milvus-standin.md`). It is a binary of its own, outside the
+//! `switchyard` library: it uses the library's gRPC, body, method-table, upstream and protobuf
+//! modules, and the library knows nothing of it.
+//!
+//! Logs go to stderr (`RUST_LOG`, default `info`; `SWITCHYARD_LOG_FORMAT=json` for JSON);
+//! stdout gets one line once the ports are bound.
 //!
 //! A stand-in speaks the Milvus gRPC protocol on `--listen`, keeps the CDC role state a
 //! Milvus 2.6 cluster keeps (primary or secondary, replicate configuration, checkpoints), and
@@ -11,7 +16,8 @@
 //! `CreateReplicateStream`, as Milvus CDC does.
 //!
 //! # Layout
-//! - [`mod@self`]: [`Options`] and [`run`]: bind, print the ports, serve until a signal.
+//! - [`mod@self`]: [`Options`] (the flags) and [`run`]: bind, print the ports, serve until a
+//!   signal.
 //! - `server`: the HTTP/2 (h2c) listener, a task per connection, `/fault/down` and `/up`.
 //! - `service`: per request: the CDC control calls, health and version, writes, pass-through.
 //! - `writes`: client writes: rejected on a secondary, applied and logged on a primary.
@@ -74,36 +80,59 @@ use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::Parser;
+use switchyard::upstream::{TlsSettings, Upstream, UpstreamSettings};
 use tokio::net::TcpListener;
 
-use crate::upstream::{TlsSettings, Upstream, UpstreamSettings};
-
-/// How to start a stand-in (the CLI flags of `milvus-standin`).
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// The cluster id (Milvus's `clusterPrefix`); pchannels are `<id>-rootcoord-dml_<i>`.
-    pub cluster_id: String,
-    /// The gRPC address; port 0 picks a free one.
-    pub listen: SocketAddr,
-    /// The backend's uri (`http://host:port`).
-    pub backend: String,
+/// One Milvus 2.6 cluster with CDC, storing data in a Milvus-protocol backend (milvus-lite).
+#[derive(Debug, Parser)]
+#[command(name = "milvus-standin", version)]
+struct Options {
+    /// The cluster id; pchannels are named `<id>-rootcoord-dml_<i>`.
+    #[arg(long)]
+    cluster_id: String,
+    /// The gRPC address (port 0: any free port; the chosen one is printed).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The backend uri, e.g. http://127.0.0.1:19531 (a milvus-lite server).
+    #[arg(long)]
+    backend: String,
     /// The number of pchannels.
-    pub pchannels: usize,
-    /// The control HTTP address, if any.
-    pub control: Option<SocketAddr>,
-    /// Each replicated message is sent no sooner than this after it was written.
-    pub replication_delay: Duration,
-    /// Where state is kept across restarts; in memory when `None`.
-    pub state_dir: Option<PathBuf>,
-    /// Credentials for the stand-in's own calls to its backend (replicated writes).
-    pub token: Option<String>,
+    #[arg(long)]
+    pchannels: usize,
+    /// The control HTTP address (faults, /state, /metrics).
+    #[arg(long)]
+    control: Option<SocketAddr>,
+    /// Send each replicated message no sooner than this after it was written (e.g. 500ms).
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    replication_delay: Duration,
+    /// Keep role, configuration, log and checkpoints here across restarts.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Credentials (user:password or API key) for the stand-in's own calls to its backend.
+    #[arg(long, env = "MILVUS_STANDIN_TOKEN")]
+    token: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let opts = Options::parse();
+    switchyard::telemetry::init();
+    match run(opts).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("milvus-standin: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Why a stand-in could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum StandinError {
+enum StandinError {
     /// A flag is unusable.
     #[error("{0}")]
     Usage(String),
@@ -121,13 +150,13 @@ pub enum StandinError {
 }
 
 /// Runs a stand-in until SIGINT or SIGTERM.
-pub async fn run(opts: Options) -> Result<(), StandinError> {
+async fn run(opts: Options) -> Result<(), StandinError> {
     run_until(opts, shutdown_signal()).await
 }
 
 /// Runs a stand-in until `shutdown` completes. Prints one line to stdout once both
 /// listeners are bound: `milvus-standin <id> listening on <addr> control on <addr|->`.
-pub async fn run_until(opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), StandinError> {
+async fn run_until(opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), StandinError> {
     if opts.pchannels == 0 {
         return Err(StandinError::Usage("--pchannels must be at least 1".into()));
     }
@@ -207,7 +236,7 @@ async fn shutdown_signal() {
 }
 
 /// Parses a duration written like `0ms`, `250ms`, `2s`, `1m` (a bare number is milliseconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -233,5 +262,23 @@ mod tests {
         assert_eq!(parse_duration("15"), Ok(Duration::from_millis(15)));
         assert!(parse_duration("x").is_err());
         assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn flags() {
+        use clap::CommandFactory as _;
+        Options::command().debug_assert();
+        let o = Options::try_parse_from([
+            "milvus-standin",
+            "--cluster-id=a",
+            "--listen=127.0.0.1:0",
+            "--backend=http://127.0.0.1:19531",
+            "--pchannels=2",
+            "--replication-delay=2s",
+        ])
+        .expect("flags parse");
+        assert_eq!((o.cluster_id.as_str(), o.pchannels), ("a", 2));
+        assert_eq!(o.replication_delay, Duration::from_secs(2));
+        assert_eq!((o.control, o.state_dir), (None, None));
     }
 }

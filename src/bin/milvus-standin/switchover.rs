@@ -39,9 +39,9 @@ use super::persist::{Checkpoint, Drain};
 use super::replicator::reconcile;
 use super::validate::{force, force_promote_shape_ok, validate};
 use super::wire::failed_status;
-use crate::grpc::{Code, GrpcStatus};
-use crate::proto::common::{MessageId, ReplicateCheckpoint, ReplicateConfiguration, Status, WalName};
-use crate::proto::milvus::{
+use switchyard::grpc::{Code, GrpcStatus};
+use switchyard::proto::common::{MessageId, ReplicateCheckpoint, ReplicateConfiguration, Status, WalName};
+use switchyard::proto::milvus::{
     GetReplicateConfigurationResponse, GetReplicateInfoRequest, GetReplicateInfoResponse,
     UpdateReplicateConfigurationRequest,
 };

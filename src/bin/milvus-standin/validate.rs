@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::proto::common::{MilvusCluster, ReplicateConfiguration};
+use switchyard::proto::common::{MilvusCluster, ReplicateConfiguration};
 
 /// Why a force promote was refused, with the texts of Milvus's streaming coordinator. They
 /// are streaming errors (`InvalidArgument`), which reach clients as
@@ -278,8 +278,8 @@ fn go_list(items: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::common::CrossClusterTopology;
-    use crate::standin::config::tests::star as cfg;
+    use crate::config::tests::star as cfg;
+    use switchyard::proto::common::CrossClusterTopology;
 
     fn pch(id: &str, n: usize) -> Vec<String> {
         (0..n).map(|i| format!("{id}-rootcoord-dml_{i}")).collect()

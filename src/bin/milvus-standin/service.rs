@@ -16,12 +16,12 @@ use hyper::body::Incoming;
 
 use super::core::Core;
 use super::{receiver, switchover, wire, writes};
-use crate::body::{self, Body};
-use crate::grpc::client::parse_grpc_timeout;
-use crate::grpc::{Code, decode_message};
-use crate::method::{self, Kind};
-use crate::proto::common::Status;
-use crate::proto::milvus::{
+use switchyard::body::{self, Body};
+use switchyard::grpc::client::parse_grpc_timeout;
+use switchyard::grpc::{Code, decode_message};
+use switchyard::method::{self, Kind};
+use switchyard::proto::common::Status;
+use switchyard::proto::milvus::{
     CheckHealthResponse, GetReplicateInfoRequest, GetVersionResponse, UpdateReplicateConfigurationRequest,
 };
 
@@ -119,7 +119,7 @@ async fn describe_collection(core: &Core, req: Request<Incoming>) -> Response<Bo
             (msg, changed) = (patched, true);
         }
         if changed {
-            data = crate::grpc::frame::frame_bytes(&msg);
+            data = switchyard::grpc::frame::frame_bytes(&msg);
             rparts.headers.remove(http::header::CONTENT_LENGTH);
         }
     }

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::proto::common::{ConnectionParam, CrossClusterTopology, MilvusCluster, ReplicateConfiguration};
+use switchyard::proto::common::{ConnectionParam, CrossClusterTopology, MilvusCluster, ReplicateConfiguration};
 
 /// What this cluster is under a configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -36,10 +36,10 @@ use super::log::{Entry, EntryKind};
 use super::persist::Checkpoint;
 use super::switchover::record_fence;
 use super::wire;
-use crate::body::{self, Body};
-use crate::grpc::{self, Code, FrameDecoder, GrpcStatus};
-use crate::method::SERVICE_PREFIX;
-use crate::proto::milvus::{
+use switchyard::body::{self, Body};
+use switchyard::grpc::{self, Code, FrameDecoder, GrpcStatus};
+use switchyard::method::SERVICE_PREFIX;
+use switchyard::proto::milvus::{
     ReplicateConfirmedMessageInfo, ReplicateMessage, ReplicateRequest, ReplicateResponse, replicate_request,
     replicate_response,
 };
@@ -205,7 +205,7 @@ async fn apply(core: &Core, method: &str, dbname: &str, payload: Bytes) -> Resul
         h.insert("dbname", v);
     }
     if let Some(token) = &core.backend_token
-        && let Ok(v) = HeaderValue::from_str(&crate::encoding::base64(token.as_bytes()))
+        && let Ok(v) = HeaderValue::from_str(&switchyard::encoding::base64(token.as_bytes()))
     {
         h.insert("authorization", v);
     }
@@ -229,7 +229,7 @@ async fn apply(core: &Core, method: &str, dbname: &str, payload: Bytes) -> Resul
         tracing::warn!(method, status = %status, "replicated write failed on the backend; counted as applied");
         return Ok(());
     }
-    let reply = crate::method::by_name(method).map(|m| m.reply).unwrap_or(crate::method::Reply::Other);
+    let reply = switchyard::method::by_name(method).map(|m| m.reply).unwrap_or(switchyard::method::Reply::Other);
     if let Some(st) = wire::unframe(&data).and_then(|m| wire::reply_status(reply, &m))
         && !wire::status_ok(&st)
     {
