@@ -1,6 +1,9 @@
 //! The planned switchover, step by step, and recovery of one cut short by a restart.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock (the same as std's unless paused): deadlines below hold under paused time.
+use tokio::time::Instant;
 
 use super::Refusal;
 use super::job::{JobLog, JobState};
