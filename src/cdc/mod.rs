@@ -17,6 +17,8 @@
 //! Policy stays with the callers: [`crate::switchover::plan::send`] retries an update until
 //! its deadline; a `Cdc` makes one attempt (reads retry once when the request was not sent).
 
+#[cfg(test)]
+pub mod fake;
 pub mod tonic_cdc;
 
 use std::future::Future;

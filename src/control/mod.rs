@@ -234,6 +234,13 @@ impl Control {
         self.health.lock().unwrap_or_else(|p| p.into_inner()).get(id).map(HealthHandle::view)
     }
 
+    /// Test seam: sets what the monitor sees of a cluster, in place of its health task.
+    #[cfg(test)]
+    pub(crate) fn set_view(&self, id: &str, view: ClusterView) {
+        self.health.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), HealthHandle::fixed(view));
+        self.publish();
+    }
+
     /// A receiver of a cluster's view changes.
     pub fn watch_view(&self, id: &str) -> Option<tokio::sync::watch::Receiver<ClusterView>> {
         self.health.lock().unwrap_or_else(|p| p.into_inner()).get(id).map(HealthHandle::subscribe)
