@@ -1,23 +1,22 @@
-//! Generates Rust types for the Milvus messages in `proto/` with prost.
+//! Generates Rust types for the Milvus messages in `proto/` with prost, and tonic client
+//! stubs for the three CDC control RPCs in `proto/service/` (no server, no transport).
 //!
-//! Only messages are generated: switchyard speaks gRPC through its own small framing
-//! layer (`src/grpc`) on top of hyper, so it needs no generated service stubs.
+//! The data path speaks gRPC through its own small framing layer (`src/grpc`) on top of
+//! hyper and needs no stubs; only `src/cdc` uses the generated client.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    if std::env::var_os("PROTOC").is_none() {
-        // SAFETY-free: build scripts are single-threaded; this only affects prost-build below.
-        let protoc = protoc_bin_vendored::protoc_bin_path()?;
-        // prost-build reads PROTOC; pass it explicitly instead of mutating the environment.
-        let mut config = prost_build::Config::new();
-        config.protoc_executable(protoc);
-        return compile(config);
-    }
-    compile(prost_build::Config::new())
-}
-
-fn compile(mut config: prost_build::Config) -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    let mut config = tonic_prost_build::Config::new();
+    if std::env::var_os("PROTOC").is_none() {
+        // prost-build reads PROTOC; pass the vendored one explicitly instead of mutating the
+        // environment.
+        config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    }
     config.bytes(["."]);
-    config.compile_protos(&["proto/common.proto", "proto/milvus.proto"], &["proto"])?;
+    tonic_prost_build::configure().build_server(false).build_transport(false).compile_with_config(
+        config,
+        &["proto/common.proto", "proto/milvus.proto", "proto/service/milvus_service.proto"],
+        &["proto"],
+    )?;
     Ok(())
 }

@@ -43,6 +43,8 @@
 //!   hot reload.
 //! - [`monitor`]: one health task per cluster; probes, checkpoints, lag with hysteresis.
 //! - [`switchover`]: switchover, failover, drill and readmit; restart recovery.
+//! - [`cdc`]: the seam to Milvus's replicate configuration calls (a trait; tonic stubs over
+//!   the pooled upstream; an in-memory fake for tests).
 //! - [`state`]: the persisted topology (atomic file writes).
 //! - [`topology`]: roles at an epoch, and the proxy state.
 //! - [`admin`], [`metrics`], [`ctl`]: the REST API, Prometheus text, and the CLI.
@@ -61,6 +63,7 @@
 pub mod admin;
 pub mod app;
 pub mod body;
+pub mod cdc;
 pub mod config;
 pub mod control;
 pub mod ctl;

@@ -13,11 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{ChangeKind, ChangeResult, Control};
+use crate::cdc::CdcError;
 use crate::gate::HoldKey;
-use crate::grpc::Code;
-use crate::grpc::client::{CallError, CallOptions, unary};
 use crate::proto::common::ReplicateConfiguration;
-use crate::proto::milvus::{GetReplicateConfigurationRequest, GetReplicateConfigurationResponse};
 use crate::routing::Cluster;
 use crate::topology::ProxyState;
 
@@ -43,25 +41,8 @@ pub fn primary_of(cluster_id: &str, cfg: Option<&ReplicateConfiguration>) -> Str
 }
 
 /// Reads a cluster's replicate configuration. `Ok(None)`: no CDC support.
-pub async fn read_config(cluster: &Cluster, timeout: Duration) -> Result<Option<ReplicateConfiguration>, CallError> {
-    let opts = CallOptions::timeout(timeout).with_token(cluster.token());
-    match unary::<_, GetReplicateConfigurationResponse>(
-        &cluster.upstream,
-        "GetReplicateConfiguration",
-        &GetReplicateConfigurationRequest {},
-        &opts,
-    )
-    .await
-    {
-        Ok(r) => {
-            if let Some(st) = r.status.filter(|s| s.code != 0 || s.error_code != 0) {
-                return Err(CallError::Status(crate::grpc::GrpcStatus::new(Code::Unknown, st.reason)));
-            }
-            Ok(Some(r.configuration.unwrap_or_default()))
-        }
-        Err(CallError::Status(s)) if s.code == Code::Unimplemented => Ok(None),
-        Err(e) => Err(e),
-    }
+pub async fn read_config(cluster: &Cluster, timeout: Duration) -> Result<Option<ReplicateConfiguration>, CdcError> {
+    cluster.cdc.read_config(timeout).await
 }
 
 /// Each reachable, non-fenced cluster's idea of the primary.

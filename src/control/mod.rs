@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, Weak};
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
+use crate::cdc::CdcFactory;
 use crate::config::{Config, StateConfig};
 use crate::gate::{GateLimits, WriteGate};
 use crate::monitor::{ClusterView, HealthHandle, MonitorSettings};
@@ -88,6 +89,8 @@ pub struct Control {
     /// Serialises [`Control::publish`]: a table is built from the inputs read under it and
     /// stored before the next publisher reads them, so no older table is ever stored last.
     publishing: Mutex<()>,
+    /// Makes each cluster's CDC calls (tonic over the pool; fakes in tests).
+    cdc: CdcFactory,
     me: Weak<Control>,
 }
 
@@ -121,11 +124,16 @@ impl Control {
     /// roles), builds the clusters and the first routing table. Tasks start in
     /// [`Control::start`].
     pub fn new(config: Config) -> Result<Arc<Self>, ControlError> {
+        Self::new_with(config, crate::cdc::tonic_factory())
+    }
+
+    /// [`Control::new`] with the clusters' CDC calls made by `cdc` (tests inject fakes).
+    pub fn new_with(config: Config, cdc: CdcFactory) -> Result<Arc<Self>, ControlError> {
         let store = match &config.state {
             StateConfig::File { path } => StateStore::new(path.clone()),
             StateConfig::Etcd { .. } => return Err(ControlError::EtcdUnsupported),
         };
-        let clusters = build_clusters(&config, &[])?;
+        let clusters = build_clusters(&config, &[], &cdc)?;
         let persisted = store.load()?;
         let (topology, pending_job) = match persisted {
             Some(p) => (p.topology, p.pending_job),
@@ -161,6 +169,7 @@ impl Control {
             rediscover: Notify::new(),
             ready: AtomicBool::new(true),
             publishing: Mutex::new(()),
+            cdc,
             me: me.clone(),
         }))
     }
@@ -227,6 +236,13 @@ impl Control {
     /// What the monitor sees of a cluster.
     pub fn view(&self, id: &str) -> Option<ClusterView> {
         self.health.lock().unwrap_or_else(|p| p.into_inner()).get(id).map(HealthHandle::view)
+    }
+
+    /// Test seam: sets what the monitor sees of a cluster, in place of its health task.
+    #[cfg(test)]
+    pub(crate) fn set_view(&self, id: &str, view: ClusterView) {
+        self.health.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), HealthHandle::fixed(view));
+        self.publish();
     }
 
     /// A receiver of a cluster's view changes.
@@ -382,7 +398,7 @@ impl Control {
     /// Re-applies config-derived settings after a reload (the caller validated and diffed).
     pub fn apply_config(&self, config: Config) -> Result<(), ControlError> {
         let old = self.clusters.load_full();
-        let clusters = build_clusters(&config, &old)?;
+        let clusters = build_clusters(&config, &old, &self.cdc)?;
         self.gate.set_limits(gate_limits(&config));
         self.monitor_settings.store(Arc::new(MonitorSettings {
             health: config.health.clone(),
@@ -434,15 +450,14 @@ fn gate_limits(config: &Config) -> GateLimits {
 
 /// Builds cluster objects, reusing the old one (connections, counters) when its config is
 /// unchanged.
-fn build_clusters(config: &Config, old: &[Arc<Cluster>]) -> Result<Vec<Arc<Cluster>>, ControlError> {
+fn build_clusters(config: &Config, old: &[Arc<Cluster>], cdc: &CdcFactory) -> Result<Vec<Arc<Cluster>>, ControlError> {
     config
         .clusters
         .iter()
         .map(|cc| match old.iter().find(|o| o.config == *cc) {
             Some(o) => Ok(o.clone()),
-            None => {
-                Cluster::new(cc.clone()).map_err(|e| ControlError::Cluster { id: cc.id.clone(), reason: e.to_string() })
-            }
+            None => Cluster::new_with(cc.clone(), cdc)
+                .map_err(|e| ControlError::Cluster { id: cc.id.clone(), reason: e.to_string() }),
         })
         .collect()
 }

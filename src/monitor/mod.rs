@@ -118,6 +118,13 @@ impl HealthHandle {
         Self { view, task }
     }
 
+    /// A handle whose view is `view`, with no task behind it (tests).
+    #[cfg(test)]
+    pub(crate) fn fixed(view: ClusterView) -> Self {
+        let (_, rx) = watch::channel(view);
+        Self { view: rx, task: tokio::spawn(async {}) }
+    }
+
     /// The latest view.
     pub fn view(&self) -> ClusterView {
         self.view.borrow().clone()

@@ -1,7 +1,8 @@
 //! Active probes of one cluster: `CheckHealth` (or `GetVersion` where it is not
 //! implemented) and, on standbys, the replication checkpoint of each pchannel
-//! (`GetReplicateInfo`); on the primary, the pchannels of written collections
-//! (`DescribeCollection`).
+//! (`GetReplicateInfo`, through the cluster's [`crate::cdc::Cdc`]); on the primary, the
+//! pchannels of written collections (`DescribeCollection`). Health and `DescribeCollection`
+//! stay on the small unary client of [`crate::grpc::client`].
 
 use std::time::Duration;
 
@@ -9,8 +10,8 @@ use super::writes::{CollectionKey, Resolution};
 use crate::grpc::Code;
 use crate::grpc::client::{CallError, CallOptions, unary};
 use crate::proto::milvus::{
-    CheckHealthRequest, CheckHealthResponse, DescribeCollectionRequest, DescribeCollectionResponse,
-    GetReplicateInfoRequest, GetReplicateInfoResponse, GetVersionRequest, GetVersionResponse,
+    CheckHealthRequest, CheckHealthResponse, DescribeCollectionRequest, DescribeCollectionResponse, GetVersionRequest,
+    GetVersionResponse,
 };
 use crate::routing::Cluster;
 
@@ -39,12 +40,7 @@ pub async fn health(cluster: &Cluster, timeout: Duration) -> Result<(), String> 
 /// the newest over pchannels hides one that is stuck (Milvus #53382, #52727). `Err`:
 /// checkpoints unavailable (no CDC support, or a call failed).
 pub async fn checkpoints(cluster: &Cluster, source: &str, timeout: Duration) -> Result<Vec<Option<u64>>, String> {
-    let opts = CallOptions::timeout(timeout).with_token(cluster.token());
-    let calls = cluster.config.pchannels.iter().map(|pch| {
-        let req = GetReplicateInfoRequest { source_cluster_id: source.to_string(), target_pchannel: pch.clone() };
-        let opts = opts.clone();
-        async move { unary::<_, GetReplicateInfoResponse>(&cluster.upstream, "GetReplicateInfo", &req, &opts).await }
-    });
+    let calls = cluster.config.pchannels.iter().map(|pch| cluster.cdc.replicate_info(source, pch, timeout));
     futures_util::future::join_all(calls)
         .await
         .into_iter()

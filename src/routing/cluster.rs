@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::cdc::{Cdc, CdcFactory};
 use crate::config::ClusterConfig;
 use crate::grpc::Code;
 use crate::upstream::{TlsSettings, Upstream, UpstreamError, UpstreamSettings};
@@ -83,6 +84,8 @@ pub struct Cluster {
     pub config: ClusterConfig,
     /// Its connection pool.
     pub upstream: Arc<Upstream>,
+    /// Its replicate configuration calls (over `upstream`, or a fake in tests).
+    pub cdc: Arc<dyn Cdc>,
     /// Its request counters.
     pub stats: RequestStats,
     /// What switchyard saw of writes this cluster acknowledged, and failures on real traffic.
@@ -223,14 +226,21 @@ impl Signals {
 }
 
 impl Cluster {
-    /// Builds a cluster and its (lazy) connection pool.
+    /// Builds a cluster and its (lazy) connection pool, with CDC calls over that pool.
     pub fn new(config: ClusterConfig) -> Result<Arc<Self>, UpstreamError> {
+        Self::new_with(config, &crate::cdc::tonic_factory())
+    }
+
+    /// Builds a cluster whose CDC calls `cdc` makes (tests inject fakes here).
+    pub fn new_with(config: ClusterConfig, cdc: &CdcFactory) -> Result<Arc<Self>, UpstreamError> {
         let tls = TlsSettings { ca_file: config.tls_ca.clone(), server_name: config.tls_server_name.clone() };
         let upstream = Upstream::new(&config.uri, tls, UpstreamSettings::default())?;
+        let cdc = cdc(&config, &upstream);
         Ok(Arc::new(Self {
             id: Arc::from(config.id.as_str()),
             config,
             upstream,
+            cdc,
             stats: RequestStats::default(),
             signals: Signals::default(),
         }))

@@ -8,8 +8,6 @@ use super::plan;
 use crate::control::discovery;
 use crate::control::{ChangeKind, ChangeResult, Control};
 use crate::gate::HoldKey;
-use crate::grpc::client::{CallOptions, unary};
-use crate::proto::milvus::{GetReplicateInfoRequest, GetReplicateInfoResponse};
 use crate::state::PendingJob;
 use crate::topology::ProxyState;
 
@@ -162,11 +160,9 @@ fn fail(c: &Control, log: &mut JobLog, held_before: u64, why: String) {
 /// The newest timestamp of the old primary's log the promoted cluster had applied
 /// (its salvage checkpoint, else its last checkpoint), over its pchannels.
 async fn salvage_tick(b: &crate::routing::Cluster, source: &str) -> Option<u64> {
-    let opts = CallOptions::timeout(Duration::from_secs(2)).with_token(b.token());
     let mut best = None;
     for pch in &b.config.pchannels {
-        let req = GetReplicateInfoRequest { source_cluster_id: source.into(), target_pchannel: pch.clone() };
-        if let Ok(r) = unary::<_, GetReplicateInfoResponse>(&b.upstream, "GetReplicateInfo", &req, &opts).await {
+        if let Ok(r) = b.cdc.replicate_info(source, pch, Duration::from_secs(2)).await {
             let t = r.salvage_checkpoint.or(r.checkpoint).map(|cp| cp.time_tick);
             best = best.max(t);
         }

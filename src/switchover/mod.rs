@@ -15,6 +15,8 @@ pub mod failover;
 pub mod job;
 pub mod plan;
 pub mod run;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;

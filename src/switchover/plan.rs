@@ -5,12 +5,13 @@
 //! every cluster), with the real tokens from switchyard's config restored (Milvus redacts
 //! them in `GetReplicateConfiguration` and refuses a changed token), and the star re-centred.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tokio::time::Instant;
+
+use crate::cdc::CdcError;
 use crate::control::Control;
-use crate::grpc::client::{CallError, CallOptions, unary};
-use crate::proto::common::{CrossClusterTopology, MilvusCluster, ReplicateConfiguration, Status};
-use crate::proto::milvus::UpdateReplicateConfigurationRequest;
+use crate::proto::common::{CrossClusterTopology, MilvusCluster, ReplicateConfiguration};
 use crate::routing::Cluster;
 
 /// Re-centres `current` on `centre`, restoring tokens from switchyard's config.
@@ -76,7 +77,6 @@ pub async fn send(
     deadline: Duration,
 ) -> Result<(), SendConfigError> {
     let start = Instant::now();
-    let req = UpdateReplicateConfigurationRequest { replicate_configuration: Some(config.clone()), force_promote };
     let mut backoff = Duration::from_millis(50);
     loop {
         let left = deadline.saturating_sub(start.elapsed());
@@ -87,10 +87,11 @@ pub async fn send(
                 last: "deadline passed".into(),
             });
         }
-        let opts = CallOptions::timeout(left).with_token(cluster.token());
-        match unary::<_, Status>(&cluster.upstream, "UpdateReplicateConfiguration", &req, &opts).await {
-            Ok(st) if st.code == 0 && st.error_code == 0 => return Ok(()),
-            Ok(st) => return Err(SendConfigError::Refused { cluster: cluster.id.to_string(), reason: st.reason }),
+        match cluster.cdc.update_config(config, force_promote, left).await {
+            Ok(()) => return Ok(()),
+            Err(CdcError::Milvus { reason, .. }) => {
+                return Err(SendConfigError::Refused { cluster: cluster.id.to_string(), reason });
+            }
             Err(e) if e.is_transient() => {
                 let left = deadline.saturating_sub(start.elapsed());
                 if left < backoff {
@@ -104,7 +105,7 @@ pub async fn send(
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
-            Err(CallError::Status(s)) => {
+            Err(CdcError::Grpc(s)) => {
                 return Err(SendConfigError::Refused { cluster: cluster.id.to_string(), reason: s.message });
             }
             Err(e) => return Err(SendConfigError::Refused { cluster: cluster.id.to_string(), reason: e.to_string() }),

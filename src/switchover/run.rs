@@ -25,7 +25,10 @@
 //!   configuration to decide which of the two cases it is in, and if A demotes later anyway,
 //!   discovery sees B promote and adopts it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock (the same as std's unless paused): deadlines below hold under paused time.
+use tokio::time::Instant;
 
 use super::Refusal;
 use super::job::{JobLog, JobState};
@@ -181,8 +184,7 @@ pub async fn run(c: &Control, mut log: JobLog, plan: Plan) {
         }
         Err(e) => {
             // Failed, but it may have been applied: A's own configuration tells.
-            let timeout = cfg.health.timeout.max(Duration::from_secs(2));
-            match discovery::read_config(&a, timeout).await {
+            match read_config_within(&a, Duration::from_secs(10)).await {
                 Ok(Some(now)) if discovery::primary_of(&from, Some(&now)) == target => {
                     log.done(format!("{from} answered {e}, but it has taken the new configuration: it rejects writes"));
                 }
@@ -288,6 +290,27 @@ fn abandon(c: &Control, log: &mut JobLog, held_before: u64, reason: &str) {
     record_holds(c, log, held_before);
     c.count_change(ChangeKind::Switchover, ChangeResult::RolledBack);
     log.finish(JobState::RolledBack, Some(reason.to_string()));
+}
+
+/// Reads a cluster's replicate configuration, retrying for up to `within` while it cannot be
+/// read (a cluster that just failed a call is often back a moment later).
+async fn read_config_within(
+    cluster: &crate::routing::Cluster,
+    within: Duration,
+) -> Result<Option<ReplicateConfiguration>, String> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match discovery::read_config(cluster, left.clamp(Duration::from_millis(100), Duration::from_secs(2))).await {
+            Ok(cfg) => return Ok(cfg),
+            Err(e) if tokio::time::Instant::now() + pause >= deadline => return Err(e.to_string()),
+            Err(_) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
 }
 
 /// Ends a job with the proxy `ABNORMAL` for `why`: no primary to send writes to, held writes

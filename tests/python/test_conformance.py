@@ -567,6 +567,40 @@ def _reply_shape(output_type: str) -> str:
     return "other"
 
 
+def _our_client_service() -> list[tuple[descriptor_pb2.FileDescriptorProto, descriptor_pb2.ServiceDescriptorProto]]:
+    """The service subset that src/cdc's generated client stubs are built from (proto/service/)."""
+    protoc = _find_protoc()
+    if protoc is None:
+        pytest.fail("no protoc found (see ours())")
+    files = sorted(str(p.relative_to(PROTO_DIR)) for p in (PROTO_DIR / "service").glob("*.proto"))
+    assert files, f"no .proto files in {PROTO_DIR / 'service'}"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "service.pb"
+        cmd = [*protoc, f"-I{PROTO_DIR}", *(f"-I{d}" for d in _protoc_include_dirs(protoc))]
+        cmd += [f"--descriptor_set_out={out}", *files]
+        res = subprocess.run(cmd, cwd=PROTO_DIR, capture_output=True, text=True)
+        if res.returncode != 0:
+            pytest.fail(f"protoc failed on proto/service/*.proto:\n{res.stderr}")
+        fds = descriptor_pb2.FileDescriptorSet()
+        fds.ParseFromString(out.read_bytes())
+    return [(f, s) for f in fds.file for s in f.service]
+
+
+def test_client_stub_service_matches_pymilvus():
+    services = _our_client_service()
+    assert services, "proto/service/ declares no service"
+    theirs_by_name = {m.name: m for m in _service().method}
+    for f, svc in services:
+        assert (f.package, svc.name) == ("milvus.proto.milvus", SERVICE), f"proto/{f.name}: {f.package}.{svc.name}"
+        assert svc.method, f"proto/{f.name}: {svc.name} declares no method"
+        for m in svc.method:
+            t = theirs_by_name.get(m.name)
+            assert t is not None, f"{m.name}: not a method of pymilvus's {SERVICE}"
+            mine = (m.input_type, m.output_type, m.client_streaming, m.server_streaming)
+            want = (t.input_type, t.output_type, t.client_streaming, t.server_streaming)
+            assert mine == want, f"{m.name}: {mine} in proto/service/, pymilvus has {want}"
+
+
 def test_table_has_149_rows():
     assert len(table()) == 149, f"method table has {len(table())} rows, expected 149"
 
