@@ -189,15 +189,7 @@ mod tests {
         assert_eq!(primary_of("b", Some(&cfg(&["b"], &[]))), "b");
     }
 
-    fn control(dir: &std::path::Path) -> std::sync::Arc<Control> {
-        let toml = format!(
-            "[state]\npath = \"{}\"\n\
-             [[clusters]]\nid=\"a\"\nuri=\"http://127.0.0.1:1\"\npchannels=1\nrole=\"primary\"\n\
-             [[clusters]]\nid=\"b\"\nuri=\"http://127.0.0.1:2\"\npchannels=1\nrole=\"standby\"\n",
-            dir.join("state.json").display()
-        );
-        Control::new(crate::config::Config::from_toml(&toml, dir).unwrap()).unwrap()
-    }
+    use crate::control::test_control as control;
 
     fn agree_on_b() -> Vec<(String, String)> {
         vec![("a".into(), "b".into()), ("b".into(), "b".into())]

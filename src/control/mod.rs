@@ -498,19 +498,23 @@ fn same_routing(a: &RoutingTable, b: &RoutingTable) -> bool {
         && *a.policy == *b.policy
 }
 
+/// A control side for unit tests: primary `a`, standby `b` (no server behind either), its
+/// state file in `dir`.
+#[cfg(test)]
+pub(crate) fn test_control(dir: &std::path::Path) -> Arc<Control> {
+    let toml = format!(
+        "[state]\npath = \"{}\"\n\
+         [[clusters]]\nid=\"a\"\nuri=\"http://127.0.0.1:1\"\npchannels=1\nrole=\"primary\"\n\
+         [[clusters]]\nid=\"b\"\nuri=\"http://127.0.0.1:2\"\npchannels=1\nrole=\"standby\"\n",
+        dir.join("state.json").display()
+    );
+    Control::new(crate::config::Config::from_toml(&toml, dir).unwrap()).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_control as control;
     use super::*;
-
-    fn control(dir: &std::path::Path) -> Arc<Control> {
-        let toml = format!(
-            "[state]\npath = \"{}\"\n\
-             [[clusters]]\nid=\"a\"\nuri=\"http://127.0.0.1:1\"\npchannels=1\nrole=\"primary\"\n\
-             [[clusters]]\nid=\"b\"\nuri=\"http://127.0.0.1:2\"\npchannels=1\nrole=\"standby\"\n",
-            dir.join("state.json").display()
-        );
-        Control::new(crate::config::Config::from_toml(&toml, dir).unwrap()).unwrap()
-    }
 
     #[test]
     fn concurrent_publishers_never_regress_the_epoch_and_the_last_table_is_the_newest() {
