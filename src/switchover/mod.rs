@@ -14,6 +14,7 @@ pub mod drill;
 pub mod failover;
 pub mod job;
 pub mod plan;
+pub mod recovery;
 pub mod run;
 #[cfg(test)]
 mod tests;
@@ -197,7 +198,7 @@ impl Orchestrator {
         let me = self.clone();
         let span = tracing::info_span!("recover", job = %job.id, kind = %job.kind, to = %job.to);
         Some(tokio::spawn(tracing::Instrument::instrument(
-            async move { run::recover(&me.control, log, job, key).await },
+            async move { recovery::recover(&me.control, log, job, key).await },
             span,
         )))
     }
