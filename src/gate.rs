@@ -15,9 +15,11 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
+// tokio's clock (the same as std's unless paused): hold windows hold under paused time.
+use tokio::time::Instant;
 
 use crate::error::ProxyError;
 
@@ -144,8 +146,8 @@ impl WriteGate {
 
     /// Shutdown: writes still held at `deadline` fail with a "shutting down, not sent" error
     /// instead of being cut off with their connection.
-    pub fn shutdown_by(&self, deadline: Instant) {
-        *self.shutdown_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(deadline);
+    pub fn shutdown_by(&self, deadline: std::time::Instant) {
+        *self.shutdown_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::from_std(deadline));
         self.wake_all();
     }
 
@@ -271,7 +273,7 @@ impl WriteGate {
                 g.waiters.push_back((ticket, tx));
                 rx
             };
-            match tokio::time::timeout_at(deadline.into(), rx).await {
+            match tokio::time::timeout_at(deadline, rx).await {
                 Ok(_) => continue,
                 Err(_) if shutdown.is_some_and(|s| s <= window_end) => {
                     self.record_hold(held.since.elapsed());

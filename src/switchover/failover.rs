@@ -106,8 +106,9 @@ pub async fn run(c: &Control, mut log: JobLog, plan: FailoverPlan) {
 
     if let Some(a) = plan.from.as_deref() {
         log.step("measure possible data loss");
-        let salvage = salvage_tick(&b, a).await;
-        let rows = c.cluster(a).map(|ca| ca.signals.rows_after(salvage.unwrap_or(0)));
+        let (salvage, answered) = salvage_tick(&b, a).await;
+        // Counted only when the target answered: with no position read, the loss is unknown.
+        let rows = c.cluster(a).filter(|_| answered).map(|ca| ca.signals.rows_after(salvage.unwrap_or(0)));
         log.edit(|j| j.possible_loss_rows = rows);
         log.done(format!(
             "{target} had applied {a}'s log up to timestamp {}; {} rows acknowledged by {a} after that",
@@ -158,16 +159,19 @@ fn fail(c: &Control, log: &mut JobLog, held_before: u64, why: String) {
 }
 
 /// The newest timestamp of the old primary's log the promoted cluster had applied
-/// (its salvage checkpoint, else its last checkpoint), over its pchannels.
-async fn salvage_tick(b: &crate::routing::Cluster, source: &str) -> Option<u64> {
+/// (its salvage checkpoint, else its last checkpoint), over its pchannels, and whether any
+/// pchannel answered (no checkpoint on an answering pchannel: nothing applied there yet).
+async fn salvage_tick(b: &crate::routing::Cluster, source: &str) -> (Option<u64>, bool) {
     let mut best = None;
+    let mut answered = false;
     for pch in &b.config.pchannels {
         if let Ok(r) = b.cdc.replicate_info(source, pch, Duration::from_secs(2)).await {
+            answered = true;
             let t = r.salvage_checkpoint.or(r.checkpoint).map(|cp| cp.time_tick);
             best = best.max(t);
         }
     }
-    best
+    (best, answered)
 }
 
 /// Whether an automatic failover should start now, and why.

@@ -194,6 +194,9 @@ pub async fn run(c: &Control, mut log: JobLog, plan: Plan) {
                         "telling {from} failed ({e}) and its configuration cannot be read ({read}): whether it \
                          demoted is unknown"
                     );
+                    // Discovery decides once the clusters agree (it adopts the target if A
+                    // demoted in the background, else keeps A); a kept intent would stop it.
+                    let _ = c.record_job(None);
                     return fail_unknown(c, &mut log, held_before, &why);
                 }
             }

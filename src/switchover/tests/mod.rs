@@ -2,7 +2,19 @@
 //! and jobs, over in-memory Milvus clusters ([`FakeNet`]) and with paused time, so a job
 //! that waits seconds for Milvus runs in milliseconds. The monitor is replaced by fixed
 //! views ([`Control::set_view`]).
+//!
+//! This file holds the bed and the main paths; the other files go step by step:
+//! [`steps`] (each switchover and failover step failing or timing out), [`recover`] (a restart
+//! mid-job), [`discovery`] (discovery racing a job), [`hold`] (the gate's limits during a
+//! switchover) and [`drill`].
 
+mod discovery;
+mod drill;
+mod hold;
+mod recover;
+mod steps;
+
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,14 +23,19 @@ use crate::cdc::CdcError;
 use crate::cdc::fake::{FakeNet, ForceShape, Op, star};
 use crate::config::Config;
 use crate::control::Control;
+use crate::error::ProxyError;
 use crate::monitor::ClusterView;
-use crate::state::StateStore;
+use crate::proto::common::ReplicateConfiguration;
+use crate::state::{PersistedState, StateStore};
 use crate::topology::ProxyState;
 
 const TOKEN: &str = "root:Milvus";
 
 struct Bed {
     dir: tempfile::TempDir,
+    /// The config file's text, for a restart.
+    toml: String,
+    ids: Vec<String>,
     net: Arc<FakeNet>,
     control: Arc<Control>,
     orch: Arc<Orchestrator>,
@@ -26,27 +43,48 @@ struct Bed {
 
 /// Clusters `ids`, the first primary, replicating with Milvus CDC; every one up and caught up.
 fn bed(ids: &[&str]) -> Bed {
+    bed_with(ids, "")
+}
+
+/// [`bed`] with more `[switchover]` settings (`key = value` lines).
+fn bed_with(ids: &[&str], switchover: &str) -> Bed {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut toml = format!(
         "[listener]\naddress = \"127.0.0.1:0\"\n[state]\npath = {:?}\n\
-         [switchover]\npromote_timeout = \"5s\"\ndrain_timeout = \"1s\"\n",
+         [switchover]\npromote_timeout = \"5s\"\ndrain_timeout = \"1s\"\n{switchover}",
         dir.path().join("state.json").display().to_string()
     );
-    let uris: Vec<String> = (0..ids.len()).map(|i| format!("http://127.0.0.1:{}", 1 + i)).collect();
     for (i, id) in ids.iter().enumerate() {
         let role = if i == 0 { "primary" } else { "standby" };
         toml += &format!(
             "[[clusters]]\nid = \"{id}\"\nuri = \"{}\"\ntoken = \"{TOKEN}\"\npchannels = 2\nrole = \"{role}\"\n",
-            uris[i]
+            uri(i)
         );
     }
-    let config = Config::from_toml(&toml, dir.path()).expect("config");
-    let members: Vec<(&str, &str, Option<&str>)> =
-        ids.iter().zip(&uris).map(|(id, uri)| (*id, uri.as_str(), Some(TOKEN))).collect();
+    let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
     let net = FakeNet::new();
-    for id in ids {
-        net.add(id, Some(star(&members, ids[0], 2)));
+    for id in &ids {
+        net.add(id, Some(star_on(&ids, &ids[0])));
     }
+    let (control, orch) = start(&toml, dir.path(), &net, &ids);
+    Bed { dir, toml, ids, net, control, orch }
+}
+
+fn uri(i: usize) -> String {
+    format!("http://127.0.0.1:{}", 1 + i)
+}
+
+/// The star over `ids` centred on `centre`, as Milvus holds it.
+fn star_on(ids: &[String], centre: &str) -> ReplicateConfiguration {
+    let uris: Vec<String> = (0..ids.len()).map(uri).collect();
+    let members: Vec<(&str, &str, Option<&str>)> =
+        ids.iter().zip(&uris).map(|(id, uri)| (id.as_str(), uri.as_str(), Some(TOKEN))).collect();
+    star(&members, centre, 2)
+}
+
+/// A proxy's control side over `net`, with every cluster seen up and caught up.
+fn start(toml: &str, dir: &Path, net: &Arc<FakeNet>, ids: &[String]) -> (Arc<Control>, Arc<Orchestrator>) {
+    let config = Config::from_toml(toml, dir).expect("config");
     let control = Control::new_with(config, net.factory()).expect("control");
     let up = ClusterView {
         up: true,
@@ -59,7 +97,7 @@ fn bed(ids: &[&str]) -> Bed {
         control.set_view(id, up.clone());
     }
     let orch = Orchestrator::new(control.clone());
-    Bed { dir, net, control, orch }
+    (control, orch)
 }
 
 impl Bed {
@@ -86,21 +124,44 @@ impl Bed {
     /// A write as the proxy holds one: it waits at the closed gate, then is routed to the
     /// primary of the routing table in force when it is released.
     async fn held_write(&self) -> tokio::task::JoinHandle<Option<String>> {
+        let task = self.try_held_write().await;
+        tokio::spawn(async move { task.await.expect("write task").expect("released, not refused") })
+    }
+
+    /// [`Bed::held_write`], which may also be refused by the gate.
+    async fn try_held_write(&self) -> tokio::task::JoinHandle<Result<Option<String>, ProxyError>> {
         let c = self.control.clone();
         self.until("writes held", || c.gate.closed_reason().is_some()).await;
+        let before = self.control.gate.held().0;
         let c = self.control.clone();
         let task = tokio::spawn(async move {
-            let held = c.gate.reserve().expect("room in the gate");
-            c.gate.wait_open(&held).await.expect("released, not refused");
-            c.routing().load().primary.as_ref().map(|p| p.id.to_string())
+            let held = c.gate.reserve()?;
+            c.gate.wait_open(&held).await?;
+            Ok(c.routing().load().primary.as_ref().map(|p| p.id.to_string()))
         });
-        self.until("the write is held", || self.control.gate.held().0 == 1).await;
+        self.until("the write is held", || self.control.gate.held().0 == before + 1).await;
         task
     }
 
+    /// The proxy restarted: a new control side and orchestrator on the same state file and
+    /// clusters. The old ones are dropped, as a crash drops them (no job of theirs may run).
+    fn restart(&mut self) {
+        let (control, orch) = start(&self.toml, self.dir.path(), &self.net, &self.ids);
+        self.control = control;
+        self.orch = orch;
+    }
+
+    /// The configuration centred on `centre` that a job sends.
+    fn config_on(&self, centre: &str) -> ReplicateConfiguration {
+        star_on(&self.ids, centre)
+    }
+
+    fn persisted(&self) -> PersistedState {
+        StateStore::new(self.dir.path().join("state.json")).load().expect("state file").expect("state")
+    }
+
     fn persisted_primary(&self) -> Option<String> {
-        let st = StateStore::new(self.dir.path().join("state.json")).load().expect("state file").expect("state");
-        st.topology.primary
+        self.persisted().topology.primary
     }
 
     fn routed_primary(&self) -> Option<String> {
