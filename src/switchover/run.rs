@@ -346,12 +346,11 @@ async fn roll_back(c: &Control, log: &mut JobLog, plan: &Plan, held_before: u64,
         Err(e) => {
             let why =
                 format!("switchover to {} failed ({reason}) and the roll back did not confirm ({e})", plan.target);
-            c.set_state(ProxyState::Running);
-            c.set_abnormal(Some(why.clone()));
-            c.gate.release(HoldKey::Switchover);
-            record_holds(c, log, held_before);
-            c.count_change(ChangeKind::Switchover, ChangeResult::Failed);
-            log.finish(JobState::Failed, Some(why));
+            // The clusters' state is not known: no intent is left for a restart to act on, so
+            // discovery adopts whatever primary every reachable cluster agrees on and clears
+            // ABNORMAL then.
+            let _ = c.record_job(None);
+            fail_unknown(c, log, held_before, &why);
         }
     }
 }
