@@ -51,11 +51,17 @@ pub async fn checkpoints(cluster: &Cluster, source: &str, timeout: Duration) -> 
         .collect()
 }
 
+/// Metadata on the monitor's own reads of a cluster.
+pub const MONITOR_HEADER: &str = "x-switchyard-monitor";
+
 /// A collection's pchannels on `primary`, from `DescribeCollection` (`physical_channel_names`),
 /// as indices into its configured `pchannels`.
 pub async fn collection_pchannels(primary: &Cluster, key: &CollectionKey, timeout: Duration) -> Resolution {
     let mut opts = CallOptions::timeout(timeout).with_token(primary.token());
     opts.metadata.push(("dbname", key.0.clone()));
+    // Names the caller (Milvus ignores metadata it does not know; milvus-standin counts such
+    // calls apart from its clients').
+    opts.metadata.push((MONITOR_HEADER, "pchannels".into()));
     let req =
         DescribeCollectionRequest { db_name: key.0.clone(), collection_name: key.1.clone(), ..Default::default() };
     match unary::<_, DescribeCollectionResponse>(&primary.upstream, "DescribeCollection", &req, &opts).await {

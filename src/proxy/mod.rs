@@ -147,6 +147,7 @@ impl Proxy {
     /// Serves one call.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Body> {
         if let Some(resp) = not_grpc(&req) {
+            drain_briefly(req.into_body()).await;
             return resp;
         }
         let method = method::lookup(req.uri().path());
@@ -469,6 +470,24 @@ fn label(kind: Kind) -> KindLabel {
         Kind::Read(_) => KindLabel::Read,
         Kind::Control | Kind::Streaming => KindLabel::Control,
     }
+}
+
+/// Reads and drops a little of a refused request's body (at most 64 KiB, for at most a
+/// second), so that the answer is not followed by a reset of a stream the client is still
+/// sending on: HTTP clients (curl among them) report such a reset as an error, sometimes
+/// before they have read the answer that says what was wrong.
+async fn drain_briefly(mut body: Incoming) {
+    use http_body_util::BodyExt;
+    let drain = async {
+        let mut read = 0usize;
+        while read <= 64 << 10 {
+            match body.frame().await {
+                Some(Ok(f)) => read += f.data_ref().map_or(0, |d| d.len()),
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
 }
 
 /// An HTTP answer for requests that are not gRPC at all.

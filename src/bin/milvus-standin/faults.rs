@@ -91,6 +91,8 @@ pub(crate) struct Counters {
     pub(crate) control: AtomicU64,
     pub(crate) replicated_applied: AtomicU64,
     pub(crate) replicated_dropped: AtomicU64,
+    /// Reads by switchyard's monitor (metadata `x-switchyard-monitor`), kept apart from clients'.
+    pub(crate) monitor: AtomicU64,
 }
 
 impl Counters {
@@ -115,6 +117,7 @@ impl Counters {
             "control": g(&self.control),
             "replicated_applied": g(&self.replicated_applied),
             "replicated_dropped": g(&self.replicated_dropped),
+            "monitor": g(&self.monitor),
         })
     }
 }

@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::core::Core;
-use super::{receiver, switchover, wire, writes};
+use super::{faults, receiver, switchover, wire, writes};
 use switchyard::body::{self, Body};
 use switchyard::grpc::client::parse_grpc_timeout;
 use switchyard::grpc::{Code, decode_message};
@@ -41,7 +41,10 @@ pub(crate) async fn serve(core: Arc<Core>, req: Request<Incoming>) -> Response<B
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
     }
-    if let Some(m) = method {
+    if req.headers().contains_key(switchyard::monitor::probe::MONITOR_HEADER) {
+        // switchyard's monitor reading for itself: not a client's request.
+        faults::bump(&core.counters.monitor);
+    } else if let Some(m) = method {
         core.counters.count_kind(m.kind);
     }
     match name {
