@@ -121,6 +121,10 @@ pub struct RequestBody {
     count: Option<CountWhenComplete>,
     /// A share of the peek budget, held as long as the read-ahead bytes are.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// A body being kept (held, peeked): its data so far, in one allocation of the size its
+    /// frame headers declare, instead of the frames (slices of the connection's read buffers).
+    /// Turned back into one frame by [`RequestBody::compact`].
+    joined: Option<BytesMut>,
 }
 
 /// What reading ahead found.
@@ -148,6 +152,7 @@ impl RequestBody {
             abort: AbortSlot::default(),
             count: None,
             permit: None,
+            joined: None,
         }
     }
 
@@ -191,7 +196,7 @@ impl RequestBody {
     }
 
     /// Reads one more frame of the client's body into memory; `false` once the body has ended.
-    async fn pull(&mut self) -> Result<bool, ProxyError> {
+    async fn pull(&mut self, keep: bool) -> Result<bool, ProxyError> {
         let Some(rest) = self.rest.as_mut() else { return Ok(false) };
         let frame = match tokio::time::timeout(self.timeout, rest.frame()).await {
             Ok(f) => f,
@@ -204,18 +209,21 @@ impl RequestBody {
             }
             Some(Err(e)) => Err(ProxyError::BadBody(e.to_string())),
             Some(Ok(frame)) => {
-                let frame = match frame.into_data() {
+                match frame.into_data() {
                     Ok(data) => {
                         self.scan.feed(&data)?;
                         self.buffered_len += data.len();
-                        // Kept: copied into an allocation of its own size. The DATA frame is a
-                        // slice of the connection's read buffer, which it would keep whole (a
-                        // held 4 MiB write cost up to twice its size in RSS).
-                        Frame::data(Bytes::copy_from_slice(&data))
+                        if keep || self.joined.is_some() {
+                            // A DATA frame is a slice of the connection's read buffer and keeps
+                            // it whole: a body kept for long is copied once, into one buffer.
+                            let joined = self.joining();
+                            joined.extend_from_slice(&data);
+                        } else {
+                            self.buffered.push_back(Frame::data(data));
+                        }
                     }
-                    Err(frame) => frame,
-                };
-                self.buffered.push_back(frame);
+                    Err(frame) => self.buffered.push_back(frame),
+                }
                 Ok(true)
             }
         }
@@ -226,7 +234,7 @@ impl RequestBody {
     pub async fn read_ahead(&mut self, whole_first: bool) -> Result<ReadAhead, ProxyError> {
         loop {
             let enough = if whole_first { self.scan.first_complete() } else { self.scan.messages > 0 };
-            if enough || !self.pull().await? {
+            if enough || !self.pull(whole_first).await? {
                 break;
             }
         }
@@ -246,7 +254,7 @@ impl RequestBody {
             if want > held.bytes() {
                 held.add_bytes(want - held.bytes())?;
             }
-            if !self.pull().await? {
+            if !self.pull(true).await? {
                 self.compact();
                 return Ok(());
             }
@@ -257,6 +265,12 @@ impl RequestBody {
     /// message can be read in place (no second copy to decode it) and memory held is what
     /// the budgets charge. A trailers frame, if any, stays last.
     fn compact(&mut self) {
+        if let Some(joined) = self.joined.take() {
+            let rest: VecDeque<_> = self.buffered.drain(..).collect();
+            self.buffered.push_back(Frame::data(joined.freeze()));
+            self.buffered.extend(rest);
+            return;
+        }
         if self.buffered.iter().filter(|f| f.is_data()).count() < 2 {
             return;
         }
@@ -272,10 +286,29 @@ impl RequestBody {
         self.buffered.extend(rest);
     }
 
+    /// The buffer a kept body's data goes into: sized by the declared messages (so it is
+    /// allocated once), and holding whatever data was read before it.
+    fn joining(&mut self) -> &mut BytesMut {
+        if self.joined.is_none() {
+            let size = (self.scan.declared as usize).max(self.buffered_len);
+            let mut joined = BytesMut::with_capacity(size);
+            let mut rest = VecDeque::new();
+            for f in self.buffered.drain(..) {
+                match f.into_data() {
+                    Ok(d) => joined.extend_from_slice(&d),
+                    Err(other) => rest.push_back(other),
+                }
+            }
+            self.buffered = rest;
+            self.joined = Some(joined);
+        }
+        self.joined.get_or_insert_with(BytesMut::new)
+    }
+
     /// Reads ahead until the body ends or more than `limit` bytes are in memory; returns
     /// whether the whole body is now in memory.
     pub async fn buffer_up_to(&mut self, limit: usize) -> Result<bool, ProxyError> {
-        while self.buffered_len <= limit && self.pull().await? {}
+        while self.buffered_len <= limit && self.pull(false).await? {}
         Ok(self.rest.is_none())
     }
 

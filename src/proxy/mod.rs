@@ -253,8 +253,8 @@ impl Proxy {
     ) -> Result<Option<read::ReadFields>, ProxyError> {
         body.read_ahead(false).await?;
         let Some((0, len)) = body.first_header() else { return Ok(None) };
-        // Charged twice: the frames as they arrive, and the one allocation they are joined
-        // into (briefly both), so the budget bounds what peeking really holds.
+        // Charged twice its size: the one buffer it is read into, and the connection's read
+        // buffers it arrives through, so the budget bounds what peeking really holds.
         let share = u32::try_from(2 * (len + crate::grpc::frame::HEADER_LEN)).unwrap_or(u32::MAX);
         let Ok(permit) = self.peek.clone().try_acquire_many_owned(share) else {
             tracing::debug!(len, "peek budget spent; routing the read as Strong");
