@@ -591,86 +591,16 @@ fn toml_value() -> impl Strategy<Value = String> {
     })
 }
 
-const KEYS: &[&str] = &[
-    "address",
-    "tls_cert",
-    "tls_key",
-    "client_ca",
-    "max_message_size",
-    "max_header_list_size",
-    "max_concurrent_streams",
-    "token",
-    "backend",
-    "path",
-    "endpoints",
-    "prefix",
-    "id",
-    "uri",
-    "pchannels",
-    "role",
-    "metrics_uri",
-    "tls_ca",
-    "tls_server_name",
-    "reads",
-    "metadata_reads",
-    "max_read_lag",
-    "strong_reads",
-    "session_reads",
-    "unknown_methods",
-    "min_serving_standbys",
-    "read_your_writes",
-    "max_lag",
-    "drain_timeout",
-    "promote_timeout",
-    "hold_window",
-    "max_held_requests",
-    "max_held_bytes",
-    "automatic",
-    "detect_after",
-    "min_interval",
-    "interval",
-    "timeout",
-    "rise",
-    "fall",
-];
+/// Every key of every section, once (from the config's own table, so it cannot drift).
+static KEYS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+    let mut keys: Vec<&'static str> = SECTION_KEYS.iter().flat_map(|(_, ks)| ks.iter().copied()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+});
 
-/// Each section's keys (as `src/config/raw.rs` has them).
-const SECTION_KEYS: [(&str, &[&str]); 8] = [
-    (
-        "listener",
-        &[
-            "address",
-            "tls_cert",
-            "tls_key",
-            "client_ca",
-            "max_message_size",
-            "max_header_list_size",
-            "max_concurrent_streams",
-        ],
-    ),
-    ("admin", &["address", "token"]),
-    ("state", &["backend", "path", "endpoints", "prefix"]),
-    ("clusters", &["id", "uri", "token", "pchannels", "role", "metrics_uri", "tls_ca", "tls_server_name"]),
-    (
-        "routing",
-        &[
-            "reads",
-            "metadata_reads",
-            "max_read_lag",
-            "strong_reads",
-            "session_reads",
-            "unknown_methods",
-            "min_serving_standbys",
-            "read_your_writes",
-        ],
-    ),
-    (
-        "switchover",
-        &["max_lag", "drain_timeout", "promote_timeout", "hold_window", "max_held_requests", "max_held_bytes"],
-    ),
-    ("failover", &["automatic", "detect_after", "min_interval"]),
-    ("health", &["interval", "timeout", "rise", "fall"]),
-];
+/// Each section's keys: the config's own table.
+const SECTION_KEYS: &[(&str, &[&str])] = switchyard::config::KNOWN_KEYS;
 
 /// A file made of the config's own sections and keys (and some others), with any values.
 fn structured_config() -> impl Strategy<Value = String> {
@@ -679,7 +609,7 @@ fn structured_config() -> impl Strategy<Value = String> {
             Some(("clusters", keys)) => ("[[clusters]]".into(), keys),
             Some((name, keys)) => (format!("[{name}]"), keys),
             None if i == 8 => ("[[routing]]".into(), SECTION_KEYS[4].1),
-            None => ("[extra]".into(), KEYS),
+            None => ("[extra]".into(), &**KEYS),
         };
         let key = prop_oneof![
             6 => prop::sample::select(own.to_vec()).prop_map(String::from),

@@ -7,6 +7,9 @@
 
 pub mod diff;
 mod raw;
+
+/// Every key a config file may hold, by section, in the order of the reference file.
+pub use raw::KNOWN as KNOWN_KEYS;
 pub mod units;
 mod validate;
 

@@ -120,7 +120,7 @@ pub(super) struct RawHealth {
 }
 
 /// Every key the file may hold, by section (`clusters` is an array of tables).
-const KNOWN: &[(&str, &[&str])] = &[
+pub const KNOWN: &[(&str, &[&str])] = &[
     (
         "listener",
         &[
